@@ -1,0 +1,5 @@
+"""autogaze-jax: AutoGaze ("Attend Before Attention") in JAX/Flax."""
+from autogaze_jax.autogaze import AutoGaze
+from autogaze_jax.config import DecoderConfig, GazeConfig, VisionConfig, tiny_config
+
+__version__ = "0.1.0"

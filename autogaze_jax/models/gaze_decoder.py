@@ -1,0 +1,150 @@
+"""LLaMA-style gaze decoder with multi-token and task-loss heads (spec sections 4-5).
+
+HF `LlamaModel` + `LlamaForCausalLM_MultiTokenPred`: pre-norm blocks (RMSNorm eps from config),
+llama3-scaled RoPE, no biases, SiLU-gated MLP, final RMSNorm; `lm_head` gives K x vocab logits per
+position, head-major (`h * vocab + v`), and `task_loss_prediction_head` K raw scalars.
+
+Two ways to run it, both pure functions of arrays:
+  `hidden(x, positions, kv_valid)`: a whole sequence, causal by index, invalid keys removed
+      (the teacher-forced pass);
+  `hidden_cached(x, positions, cache, start, kv_valid)`: new tokens written into a fixed-size
+      slot-indexed KV cache at `start` and attending to every valid slot up to their own (rollout).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from autogaze_jax.config import GazeConfig
+from autogaze_jax.models.layers import (apply_rope, attend, causal_attention, dense, llama3_inv_freq,
+                                        rms_norm, rope_cos_sin)
+
+
+def _normal(rngs: nnx.Rngs, shape, std: float):
+  return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32))
+
+
+class Linear(nnx.Module):
+  def __init__(self, din: int, dout: int, std: float, rngs: nnx.Rngs):
+    self.kernel = _normal(rngs, (din, dout), std)
+
+
+class RMSNormParams(nnx.Module):
+  def __init__(self, dim: int):
+    self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+
+
+class Attention(nnx.Module):
+  def __init__(self, d: int, std: float, rngs: nnx.Rngs):
+    self.q_proj, self.k_proj = Linear(d, d, std, rngs), Linear(d, d, std, rngs)
+    self.v_proj, self.o_proj = Linear(d, d, std, rngs), Linear(d, d, std, rngs)
+
+
+class MLP(nnx.Module):
+  def __init__(self, d: int, f: int, std: float, rngs: nnx.Rngs):
+    self.gate_proj, self.up_proj = Linear(d, f, std, rngs), Linear(d, f, std, rngs)
+    self.down_proj = Linear(f, d, std, rngs)
+
+  def __call__(self, x):
+    return dense(jax.nn.silu(dense(x, self.gate_proj.kernel[...])) * dense(x, self.up_proj.kernel[...]),
+                 self.down_proj.kernel[...])
+
+
+class DecoderLayer(nnx.Module):
+  def __init__(self, cfg: GazeConfig, rngs: nnx.Rngs):
+    dc = cfg.decoder
+    d, std = dc.hidden_size, dc.initializer_range
+    self.self_attn = Attention(d, std, rngs)
+    self.mlp = MLP(d, dc.intermediate_size, std, rngs)
+    self.input_layernorm = RMSNormParams(d)
+    self.post_attention_layernorm = RMSNormParams(d)
+
+
+class GazeDecoder(nnx.Module):
+  def __init__(self, cfg: GazeConfig, rngs: nnx.Rngs):
+    dc = cfg.decoder
+    self.cfg = cfg
+    d, std = dc.hidden_size, dc.initializer_range
+    self.embed_tokens = _normal(rngs, (cfg.vocab_size, d), std)
+    self.layers = nnx.List([DecoderLayer(cfg, rngs) for _ in range(dc.num_hidden_layers)])
+    self.norm = RMSNormParams(d)
+    self.lm_head = Linear(d, dc.num_multi_token_pred * cfg.vocab_size, std, rngs)
+    self.task_loss_prediction_head = Linear(d, dc.num_multi_token_pred, std, rngs)
+
+  # ---- pieces ----
+  def embed(self, ids: jax.Array) -> jax.Array:
+    return jnp.take(self.embed_tokens[...], ids, axis=0).astype(self.cfg.jnp_dtype)
+
+  def _qkv(self, layer: DecoderLayer, x, cos, sin):
+    dc = self.cfg.decoder
+    b, n, _ = x.shape
+    h = rms_norm(x, layer.input_layernorm.scale[...].astype(x.dtype), dc.rms_norm_eps)
+    shape = (b, n, dc.num_attention_heads, dc.head_dim)
+    q = dense(h, layer.self_attn.q_proj.kernel[...]).reshape(shape)
+    k = dense(h, layer.self_attn.k_proj.kernel[...]).reshape(shape)
+    v = dense(h, layer.self_attn.v_proj.kernel[...]).reshape(shape)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+  def _finish(self, layer: DecoderLayer, x, attn_out):
+    dc = self.cfg.decoder
+    b, n = x.shape[:2]
+    x = x + dense(attn_out.reshape(b, n, -1), layer.self_attn.o_proj.kernel[...])
+    h = rms_norm(x, layer.post_attention_layernorm.scale[...].astype(x.dtype), dc.rms_norm_eps)
+    return x + layer.mlp(h)
+
+  def _rope(self, positions):
+    dc = self.cfg.decoder
+    return rope_cos_sin(positions, llama3_inv_freq(dc.head_dim, dc.rope_theta, dc.rope_scaling))
+
+  def final_norm(self, x):
+    return rms_norm(x, self.norm.scale[...].astype(x.dtype), self.cfg.decoder.rms_norm_eps)
+
+  # ---- whole-sequence pass ----
+  def hidden(self, x: jax.Array, positions: jax.Array, kv_valid: jax.Array, block: int = 1024) -> jax.Array:
+    """x (B, L, D), positions (B, L) int, kv_valid (B, L) bool -> final-normed hidden (B, L, D)."""
+    cos, sin = self._rope(positions)
+    for layer in self.layers:
+      q, k, v = self._qkv(layer, x, cos, sin)
+      x = self._finish(layer, x, causal_attention(q, k, v, kv_valid, block))
+    return self.final_norm(x)
+
+  # ---- cached pass (rollout) ----
+  def hidden_cached(self, x, positions, cache, start, kv_valid):
+    """Write n new tokens at cache slots [start, start+n) and attend causally by slot.
+
+    x (B, n, D); positions (B, n); cache = (k, v) each (layers, B, S, H, hd); start: int scalar;
+    kv_valid (B, S) bool validity of every slot *including* the new ones.
+    Returns (final-normed hidden (B, n, D), new cache).
+    """
+    ck, cv = cache
+    n, slots = x.shape[1], ck.shape[2]
+    cos, sin = self._rope(positions)
+    q_slot = start + jnp.arange(n)
+    mask = (jnp.arange(slots)[None, :] <= q_slot[:, None])[None] & kv_valid[:, None, :]
+    new_k, new_v = [], []
+    for i, layer in enumerate(self.layers):
+      q, k, v = self._qkv(layer, x, cos, sin)
+      k_i = jax.lax.dynamic_update_slice_in_dim(ck[i], k.astype(ck.dtype), start, axis=1)
+      v_i = jax.lax.dynamic_update_slice_in_dim(cv[i], v.astype(cv.dtype), start, axis=1)
+      new_k.append(k_i)
+      new_v.append(v_i)
+      x = self._finish(layer, x, attend(q, k_i.astype(q.dtype), v_i.astype(q.dtype), mask))
+    return self.final_norm(x), (jnp.stack(new_k), jnp.stack(new_v))
+
+  def init_cache(self, batch: int, slots: int, dtype=None):
+    dc = self.cfg.decoder
+    shape = (dc.num_hidden_layers, batch, slots, dc.num_attention_heads, dc.head_dim)
+    dt = dtype or self.cfg.jnp_dtype
+    return jnp.zeros(shape, dt), jnp.zeros(shape, dt)
+
+  # ---- heads (float32 outputs, as the official casts) ----
+  def logits(self, h: jax.Array) -> jax.Array:
+    """(..., D) -> (..., K, vocab) float32."""
+    k, vocab = self.cfg.decoder.num_multi_token_pred, self.cfg.vocab_size
+    out = dense(h, self.lm_head.kernel[...]).astype(jnp.float32)
+    return out.reshape(*h.shape[:-1], k, vocab)
+
+  def task_loss(self, h: jax.Array) -> jax.Array:
+    """(..., D) -> (..., K) float32 raw predicted reconstruction losses."""
+    return dense(h, self.task_loss_prediction_head.kernel[...]).astype(jnp.float32)

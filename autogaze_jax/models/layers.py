@@ -1,0 +1,105 @@
+"""Small numerics shared by the gaze decoder (and reused by the VideoMAE / gazed ViT).
+
+Everything here is a pure function of arrays. Norms, softmax and RoPE tables are float32 whatever the
+compute dtype, as in the official model (HF LlamaRMSNorm / eager attention upcast to float32).
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Large finite negative for masked attention scores (HF eager uses finfo(float32).min; every query
+# row always has at least one visible key, so this equals -inf after the softmax).
+MASK_VALUE = -1e30
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+  """HF LlamaRMSNorm: `w * (x * rsqrt(mean(x^2) + eps))`, statistics in float32."""
+  xf = x.astype(jnp.float32)
+  xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+  return scale * xf.astype(x.dtype)
+
+
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+  """torch.nn.LayerNorm over the last axis (biased variance), statistics in float32."""
+  xf = x.astype(jnp.float32)
+  mu = jnp.mean(xf, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(xf - mu), axis=-1, keepdims=True)
+  return ((xf - mu) * jax.lax.rsqrt(var + eps) * scale + bias).astype(x.dtype)
+
+
+def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+  """x @ kernel (+ bias) in x's dtype; kernel is (in, out) as in Flax."""
+  y = jnp.dot(x, kernel.astype(x.dtype))
+  return y if bias is None else y + bias.astype(x.dtype)
+
+
+def llama3_inv_freq(head_dim: int, theta: float, scaling) -> np.ndarray:
+  """RoPE inverse frequencies exactly as transformers 4.51 computes them in float32.
+
+  The float32 power must be correctly rounded (numpy's vectorised float32 `**` is not): compute it
+  in float64 and round once (spec gaze-model.md section 4.2, whose bit patterns the tests assert).
+  """
+  exps = (np.arange(0, head_dim, 2).astype(np.float32) / np.float32(head_dim)).astype(np.float64)
+  base = np.array([np.float32(theta ** e) for e in exps], np.float32)
+  inv = (np.float32(1.0) / base).astype(np.float32)
+  if scaling is None:
+    return inv
+  factor, low, high, old_ctx = (np.float32(scaling[0]), float(scaling[1]), float(scaling[2]),
+                                float(scaling[3]))
+  low_wavelen, high_wavelen = np.float32(old_ctx / low), np.float32(old_ctx / high)
+  wavelen = (np.float32(2 * math.pi) / inv).astype(np.float32)
+  llama = np.where(wavelen > low_wavelen, inv / factor, inv).astype(np.float32)
+  smooth = ((np.float32(old_ctx) / wavelen - np.float32(low)) / np.float32(high - low)).astype(np.float32)
+  smoothed = ((np.float32(1) - smooth) * llama / factor + smooth * llama).astype(np.float32)
+  medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+  return np.where(medium, smoothed, llama).astype(np.float32)
+
+
+def rope_cos_sin(positions: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, jax.Array]:
+  """(..., L) integer positions -> cos, sin of shape (..., L, head_dim), float32 ("rotate half" layout)."""
+  ang = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
+  ang = jnp.concatenate([ang, ang], axis=-1)
+  return jnp.cos(ang), jnp.sin(ang)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """x (B, L, H, hd); cos/sin (B, L, hd). Non-interleaved rotate-half, as HF Llama."""
+  half = x.shape[-1] // 2
+  rot = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  c, s = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
+  return x * c + rot * s
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """Masked softmax attention. q (B,Lq,H,d), k/v (B,Lk,H,d), mask (B,Lq,Lk) bool -> (B,Lq,H,d).
+
+  Scores and softmax in float32 (HF eager upcasts the softmax); `mask` True = visible.
+  """
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+  s = jnp.where(mask[:, None], s, MASK_VALUE)
+  p = jax.nn.softmax(s, axis=-1)
+  return jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v)
+
+
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, kv_valid: jax.Array,
+                     block: int = 1024) -> jax.Array:
+  """Causal self-attention over sequence index with invalid keys removed, in query blocks.
+
+  Query block [s, e) only sees keys [0, e): the masked upper triangle beyond the block is never
+  computed (about half the FLOPs of a dense pass) and the score matrix is at most block x L.
+  kv_valid (B, L) bool.
+  """
+  length = q.shape[1]
+  outs = []
+  for s in range(0, length, block):
+    e = min(length, s + block)
+    qi = np.arange(s, e)[:, None]
+    ki = np.arange(e)[None, :]
+    mask = jnp.asarray(ki <= qi)[None] & kv_valid[:, None, :e]
+    outs.append(attend(q[:, s:e], k[:, :e], v[:, :e], mask))
+  return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
