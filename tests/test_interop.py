@@ -1,0 +1,134 @@
+"""Official checkpoint format: load, save, round trip, and clear errors on bad checkpoints."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from autogaze_jax import AutoGaze
+from autogaze_jax.interop import CheckpointError
+from conftest import FIXTURES
+
+TINY = os.path.join(FIXTURES, "gaze_tiny")
+
+
+def _tensors(path):
+  with safe_open(path, "np") as f:
+    return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+def test_load_save_load_bit_exact(tmp_path):
+  a = AutoGaze.from_pretrained(TINY)
+  a.save_pretrained(tmp_path)
+  ref, ref_meta = _tensors(os.path.join(TINY, "model.safetensors"))
+  got, meta = _tensors(os.path.join(tmp_path, "model.safetensors"))
+  assert meta == ref_meta == {"format": "pt"}
+  assert sorted(got) == sorted(ref)
+  for k in ref:
+    assert got[k].dtype == ref[k].dtype == np.float32 and got[k].shape == ref[k].shape, k
+    np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+  # safetensors lays tensors out deterministically, so the file is byte-identical to the official one.
+  assert open(os.path.join(tmp_path, "model.safetensors"), "rb").read() == open(
+      os.path.join(TINY, "model.safetensors"), "rb").read()
+  assert json.load(open(tmp_path / "config.json")) == json.load(open(os.path.join(TINY, "config.json")))
+  assert json.load(open(tmp_path / "preprocessor_config.json")) == json.load(
+      open(os.path.join(TINY, "preprocessor_config.json")))
+  b = AutoGaze.from_pretrained(tmp_path)
+  for x, y in zip(jax_leaves(a.params), jax_leaves(b.params)):
+    np.testing.assert_array_equal(x, y)
+
+
+def jax_leaves(params):
+  import jax
+  return [np.asarray(x) for x in jax.tree.leaves(params)]
+
+
+def test_fresh_model_exports_official_names(tmp_path):
+  cfg = AutoGaze.from_pretrained(TINY).cfg.replace(raw_json="")
+  m = AutoGaze(cfg, seed=1)
+  m.save_pretrained(tmp_path)
+  got, meta = _tensors(os.path.join(tmp_path, "model.safetensors"))
+  ref, _ = _tensors(os.path.join(TINY, "model.safetensors"))
+  assert meta == {"format": "pt"}
+  assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in ref.items()}
+  saved = json.load(open(tmp_path / "config.json"))
+  official = json.load(open(os.path.join(TINY, "config.json")))
+  # Every field that determines the architecture equals the official file's.
+  for sub in ("vision_model_config", "connector_config"):
+    for k in ("hidden_dim", "out_dim", "depth", "kernel_size", "num_tokens"):
+      if k in official["gaze_model_config"][sub]:
+        assert saved["gaze_model_config"][sub][k] == official["gaze_model_config"][sub][k], (sub, k)
+  for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "head_dim", "intermediate_size",
+            "vocab_size", "eos_token_id", "num_multi_token_pred", "rms_norm_eps", "rope_scaling", "rope_theta"):
+    assert saved["gaze_model_config"]["gaze_decoder_config"][k] == official["gaze_model_config"]["gaze_decoder_config"][k], k
+  assert saved["scales"] == official["scales"] and saved["model_type"] == "autogaze"
+
+
+def _copy(tmp_path):
+  d = tmp_path / "ckpt"
+  shutil.copytree(TINY, d)
+  os.chmod(d, 0o755)
+  for f in os.listdir(d):
+    os.chmod(d / f, 0o644)
+  return d
+
+
+def test_missing_config(tmp_path):
+  d = _copy(tmp_path)
+  os.remove(d / "config.json")
+  with pytest.raises(CheckpointError, match="has no config.json"):
+    AutoGaze.from_pretrained(d)
+
+
+def test_missing_dir(tmp_path):
+  with pytest.raises(CheckpointError, match="does not exist"):
+    AutoGaze.from_pretrained(tmp_path / "nope")
+
+
+def test_truncated_safetensors(tmp_path):
+  d = _copy(tmp_path)
+  data = open(d / "model.safetensors", "rb").read()
+  open(d / "model.safetensors", "wb").write(data[: len(data) // 2])
+  with pytest.raises(CheckpointError, match="truncated or corrupt"):
+    AutoGaze.from_pretrained(d)
+
+
+def test_missing_unknown_and_misshaped_tensors(tmp_path):
+  d = _copy(tmp_path)
+  t, meta = _tensors(d / "model.safetensors")
+  name = "gazing_model.gaze_decoder.lm_head.weight"
+  bad = dict(t)
+  bad.pop(name)
+  bad["gazing_model.extra.weight"] = np.zeros(3, np.float32)
+  save_file(bad, d / "model.safetensors", metadata=meta)
+  with pytest.raises(CheckpointError, match=r"missing \['gazing_model.gaze_decoder.lm_head.weight'\].*extra.weight"):
+    AutoGaze.from_pretrained(d)
+  bad = dict(t)
+  bad[name] = np.zeros((7, 32), np.float32)
+  save_file(bad, d / "model.safetensors", metadata=meta)
+  with pytest.raises(CheckpointError, match=r"lm_head.weight has shape \(7, 32\).*\(2660, 32\)"):
+    AutoGaze.from_pretrained(d)
+  bad[name] = t[name].astype(np.float16)
+  save_file(bad, d / "model.safetensors", metadata=meta)
+  with pytest.raises(CheckpointError, match="lm_head.weight has dtype float16"):
+    AutoGaze.from_pretrained(d)
+
+
+def test_rejects_non_pt_metadata(tmp_path):
+  d = _copy(tmp_path)
+  t, _ = _tensors(d / "model.safetensors")
+  save_file(t, d / "model.safetensors", metadata={"format": "flax"})
+  with pytest.raises(CheckpointError, match="format 'flax'"):
+    AutoGaze.from_pretrained(d)
+
+
+def test_bad_config_value(tmp_path):
+  d = _copy(tmp_path)
+  cfg = json.load(open(d / "config.json"))
+  cfg["gaze_model_config"]["connector_config"]["hidden_dim"] = 48
+  json.dump(cfg, open(d / "config.json", "w"))
+  with pytest.raises(CheckpointError, match="equal widths"):
+    AutoGaze.from_pretrained(d)
