@@ -103,3 +103,52 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, kv_valid: jax.Arr
     mask = jnp.asarray(ki <= qi)[None] & kv_valid[:, None, :e]
     outs.append(attend(q[:, s:e], k[:, :e], v[:, :e], mask))
   return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+
+
+def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_seg: jax.Array, k_seg: jax.Array,
+                      k_valid: jax.Array, self_edge: jax.Array | None = None, block: int = 512,
+                      impl: str = "chunked") -> jax.Array:
+  """Block-causal attention by segment (frame) id: query i sees key j iff `k_seg[j] <= q_seg[i]` and
+  `k_valid[j]`, or (with `self_edge`, self-attention only) `j == i` and `self_edge[i]`.
+
+  q (B,Lq,H,d), k/v (B,Lk,H,d); q_seg (B,Lq), k_seg (B,Lk) int32; k_valid (B,Lk) bool;
+  self_edge (B,Lq) bool or None. Returns (B,Lq,H,d). Every query must see at least one key.
+
+  Segment ids, not positions, define the mask, so tokens may be laid out in any order.
+  impl="chunked": queries in chunks of `block` under `lax.map`, each chunk rematerialised, so the
+  float32 score tensor is at most B x H x block x Lk in the forward and the backward pass.
+  impl="dot_product": one `jax.nn.dot_product_attention` call with a boolean mask (B,1,Lq,Lk), for
+  accelerators whose fused kernels take a mask (cuDNN); scores in the input dtype there.
+  """
+  b, lq, h, d = q.shape
+  if impl == "dot_product":
+    mask = _segment_mask(q_seg, k_seg, k_valid, self_edge, jnp.arange(lq), k.shape[1])
+    return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])
+  if lq <= block:
+    mask = _segment_mask(q_seg, k_seg, k_valid, self_edge, jnp.arange(lq), k.shape[1])
+    return attend(q, k, v, mask)
+  nc = -(-lq // block)
+  pad = nc * block - lq
+  qp = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  segp = jnp.pad(q_seg, ((0, 0), (0, pad)), constant_values=jnp.iinfo(jnp.int32).max)  # pad rows see all
+  se = None if self_edge is None else jnp.pad(self_edge, ((0, 0), (0, pad)))
+
+  @jax.checkpoint
+  def chunk(args):
+    i, qc, sc, ec = args
+    pos = i * block + jnp.arange(block)
+    return attend(qc, k, v, _segment_mask(sc, k_seg, k_valid, ec, pos, k.shape[1]))
+
+  qs = qp.reshape(b, nc, block, h, d).swapaxes(0, 1)
+  ss = segp.reshape(b, nc, block).swapaxes(0, 1)
+  es = None if se is None else se.reshape(b, nc, block).swapaxes(0, 1)
+  out = jax.lax.map(chunk, (jnp.arange(nc), qs, ss, es))
+  return out.swapaxes(0, 1).reshape(b, nc * block, h, d)[:, :lq]
+
+
+def _segment_mask(q_seg, k_seg, k_valid, self_edge, q_pos, lk):
+  """(B,Lq,Lk) bool visibility; see `segment_attention`."""
+  m = (k_seg[:, None, :] <= q_seg[:, :, None]) & k_valid[:, None, :]
+  if self_edge is not None:
+    m = m | ((q_pos[:, None] == jnp.arange(lk)[None, :])[None] & self_edge[:, :, None])
+  return m
