@@ -106,8 +106,8 @@ def decode_clip(path: str, *, clip_len: int = ops.CLIP_LEN, size: int = ops.SIZE
   # the official edge-padded indices + `process_video_frames` do.
   present = [int(i) for i in idx if int(i) in got]
   frames = np.stack([got[i] for i in present])
-  frames, n_pad = ops.pad_or_trim(frames, clip_len)
-  if n_pad:
+  frames, _ = ops.pad_or_trim(frames, clip_len)
+  if len(set(present)) < clip_len:  # short video (edge-padded indices) or truncated stream
     flags["padded_short"] = 1
   h, w = frames.shape[1:3]
   if h != w:
