@@ -95,13 +95,13 @@ def resize_short_center_crop(frames: np.ndarray, size: int = SIZE) -> np.ndarray
 
 
 def views(frames: np.ndarray, processor: Processor | None = None) -> dict[str, np.ndarray]:
-  """uint8 (T, S, S, 3) square clip -> `video` and `video_for_task`, float32 (T, 3, S, S) each.
+  """uint8 (T, S, S, 3) square clip, already resized -> `video`, `video_for_task` float32 (T, 3, S, S).
 
   Both views use the official normalisation (`x/127.5 - 1`, then ImageNet mean/std). On our square
   stored clips the processor's shortest-edge resize is the identity, so the two views are equal;
   they are kept separate for parity with the official item."""
   p = processor or Processor()
-  video = p(frames)
+  video = p.normalize(frames)  # frames are already at the model size (sources resize/crop them)
   return {"video": video, "video_for_task": video.copy()}
 
 

@@ -134,6 +134,9 @@ def make_dataset(source, *, global_batch_size: int, seed: int = 0, shuffle: bool
   it = it.batch(global_batch_size // process_count, drop_remainder=drop_remainder,
                 batch_fn=Collate(labels, max_tokens_per_frame))
   if num_workers > 0:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # grain reads its absl flags in mp_prefetch; defaults when not a CLI
+      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
                                                      per_worker_buffer_size=worker_buffer_size))
   return it
