@@ -62,7 +62,7 @@ def _canvas(rng, c):
 
 
 def _object(rng, size):
-  r = int(rng.integers(10, 36))
+  r = int(rng.integers(max(3, size // 22), max(4, size * 9 // 56)))  # 10..35 px at 224
   kind = rng.choice(["checker", "stripes", "noise"])
   period = int(rng.integers(2, 7))  # fine detail: 2-6 px
   c1, c2 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
