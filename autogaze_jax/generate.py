@@ -3,7 +3,8 @@
 `generate(model, pixel_values, gazing_ratio=..., task_loss_requirement=...)` mirrors the official
 `AutoGaze.forward({'video': x}, gazing_ratio=R, task_loss_requirement=Q)` output (spec 7.2):
 gazing_pos (B, N) global ids (padded slots hold `265 * (t + 1)`), if_padded_gazing, num_gazing_each_frame
-(T,), gazing_mask (per scale (B, T, g^2) float32), log_action_probs / task_loss_prediction (teacher-forced,
+(T,), gazing_mask (per scale (B, T, g^2) float32), sample_num_gazing_each_frame (B, T) (each sample's own slot counts; equal
+to num_gazing_each_frame in the official coupled mode), log_action_probs / task_loss_prediction (teacher-forced,
 None with generate_only), scales, frame_sampling_rate, num_vision_tokens_each_frame,
 has_task_loss_requirement, task_loss_requirement (B, T) or None; plus num_real_gazing_each_frame (B, T).
 The device program works on fixed-capacity per-frame buffers; only this final compaction to the
@@ -107,7 +108,7 @@ def compact(tokens: np.ndarray, length: np.ndarray, vocab_per_frame: int) -> dic
   frame = np.repeat(np.arange(t), n_t)
   padded = local == eos
   return {"gazing_pos": local + vocab_per_frame * frame[None], "if_padded_gazing": padded,
-          "num_gazing_each_frame": n_t.astype(np.int64),
+          "num_gazing_each_frame": n_t.astype(np.int64), "sample_num_gazing_each_frame": length.astype(np.int64),
           "num_real_gazing_each_frame": np.stack([(~padded[:, frame == i]).sum(1) for i in range(t)], 1)}
 
 
