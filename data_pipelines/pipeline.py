@@ -51,11 +51,25 @@ def host_shard(n: int, process_index: int, process_count: int) -> slice:
   return slice(process_index, usable, process_count)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class Collate:
-  """grain batch_fn: stack item fields; collate labels officially or to a fixed capacity."""
+  """grain batch_fn: stack item fields; collate labels officially or to a fixed capacity.
+
+  Under `mp_prefetch` grain calls `enable_shared_memory_output`: numeric fields are then stacked
+  straight into shared memory, so a 16x224x224x3 uint8 batch is not pickled through a pipe."""
   labels: str | None = None
   max_tokens_per_frame: int | None = None
+  shared_memory: bool = False
+
+  def enable_shared_memory_output(self) -> None:
+    self.shared_memory = True
+
+  def _stack(self, vals):
+    first = np.asarray(vals[0])
+    if not self.shared_memory or first.dtype.kind not in "biuf" or first.nbytes * len(vals) < (1 << 16):
+      return np.stack(vals)
+    from grain.multiprocessing import SharedMemoryArray
+    return np.stack(vals, out=SharedMemoryArray((len(vals),) + first.shape, dtype=first.dtype))
 
   def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
     out = {}
@@ -63,7 +77,7 @@ class Collate:
       if k in _LABEL_KEYS:
         continue
       vals = [it[k] for it in items]
-      out[k] = np.asarray(vals) if k == "video_path" else np.stack(vals)
+      out[k] = np.asarray(vals) if k == "video_path" else self._stack(vals)
     if self.labels is not None:
       if any(k not in it for it in items for k in _LABEL_KEYS):
         raise ValueError("labels requested but an item has no label fields (source built without labels?)")
@@ -96,7 +110,8 @@ def _add_views(item):
 def make_dataset(source, *, global_batch_size: int, seed: int = 0, shuffle: bool = True,
                  num_epochs: int | None = None, drop_remainder: bool = True, labels: str | None = None,
                  max_tokens_per_frame: int | None = None, augment: str | None = None, views: bool = False,
-                 num_workers: int = 0, worker_buffer_size: int = 2, process_index: int | None = None,
+                 num_workers: int = 0, worker_buffer_size: int = 2, read_threads: int = 2,
+                 read_buffer: int | None = None, process_index: int | None = None,
                  process_count: int | None = None) -> grain.IterDataset:
   """The grain graph over a random-access `source` (see module docstring for the batch format).
 
@@ -104,6 +119,9 @@ def make_dataset(source, *, global_batch_size: int, seed: int = 0, shuffle: bool
   num_epochs: None = repeat forever (each epoch reshuffled with a seed derived from `seed`).
   augment: None or "+"-joined names from AUGMENTATIONS (train only; the recipes use none).
   num_workers: grain worker processes (0 = in-process); each keeps `worker_buffer_size` batches ready.
+  read_threads / read_buffer: threads reading items ahead in each process, and how many items they
+    may hold (default 2 batches). grain's defaults (16 threads, 500 items = 1.2 GB of clips) thrash a
+    small machine and multiply by the number of workers.
   """
   if process_index is None or process_count is None:
     import jax  # main process only; workers never import it through this module's transforms
@@ -130,8 +148,10 @@ def make_dataset(source, *, global_batch_size: int, seed: int = 0, shuffle: bool
     ds = ds.random_map(Augment(aug), seed=seed + 1)
   if views:
     ds = ds.map(_add_views)
-  it = ds.to_iter_dataset()
-  it = it.batch(global_batch_size // process_count, drop_remainder=drop_remainder,
+  per_host = global_batch_size // process_count
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                            prefetch_buffer_size=read_buffer or 2 * per_host))
+  it = it.batch(per_host, drop_remainder=drop_remainder,
                 batch_fn=Collate(labels, max_tokens_per_frame))
   if num_workers > 0:
     from absl import flags
