@@ -173,3 +173,26 @@ def test_orbax_grain_handler_roundtrip(tmp_path):
   b = h.restore(epath.Path(tmp_path), item=pipeline.make_iterator(src, **kw))
   for x, y in zip(want, _take(b, 2)):
     np.testing.assert_array_equal(x["frames"], y["frames"])
+
+
+def test_resume_in_a_new_process():
+  """State saved here, restored by a fresh interpreter (grain#1179 replayed a wrong window once)."""
+  import json
+  import os
+  import subprocess
+  import sys
+  kw = dict(global_batch_size=4, seed=11, process_index=0, process_count=1)
+  a = pipeline.make_iterator(FakeSource(10), **kw)
+  _take(a, 4)
+  state = a.get_state()
+  want = [_ids(b) for b in _take(a, 3)]
+  code = ("import sys, json\n"
+          "from tests.test_data_pipeline import FakeSource, _ids\n"
+          "from data_pipelines import pipeline\n"
+          f"it = pipeline.make_iterator(FakeSource(10), **{kw!r})\n"
+          "it.set_state(sys.stdin.buffer.read())\n"
+          "print(json.dumps([_ids(next(it)) for _ in range(3)]))\n")
+  res = subprocess.run([sys.executable, "-c", code], input=state, capture_output=True, timeout=120,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert res.returncode == 0, res.stderr.decode()[-2000:]
+  assert json.loads(res.stdout.decode().strip().splitlines()[-1]) == want
