@@ -156,6 +156,9 @@ class AutoGaze:
       ti = i // (tiling.nh * tiling.nw)
       real_per_frame[ti * tiling.clip_len:(ti + 1) * tiling.clip_len] += t["num_real_gazing_each_frame"][0]
     kept = real_per_frame[:tiling.frames] / (self.cfg.num_vision_tokens_each_frame * tiling.nh * tiling.nw)
+    last = tiling.frames - (tiling.nt - 1) * tiling.clip_len  # real frames of the last temporal tile
+    per_tile = [_first_frames(t, last) if i // (tiling.nh * tiling.nw) == tiling.nt - 1 else t
+                for i, t in enumerate(per_tile)]
     return {"tiles": per_tile, "tiling": tiling, "masks": [m.astype(bool) for m in masks],
             "kept_ratio_per_frame": kept, "kept_ratio": float(kept.mean())}
 
@@ -176,6 +179,20 @@ def _take_sample(out: dict, i: int) -> dict:
     res[k] = out[k]
   res["task_loss_requirement"] = None if out.get("task_loss_requirement") is None else out["task_loss_requirement"][i:i + 1]
   return res
+
+
+def _first_frames(res: dict, n: int) -> dict:
+  """A single-sample dict restricted to its first n frames (drops the repeat-padding of a partial tile)."""
+  counts = np.asarray(res["num_gazing_each_frame"])
+  keep = int(counts[:n].sum())
+  out = dict(res, num_gazing_each_frame=counts[:n], sample_num_gazing_each_frame=res["sample_num_gazing_each_frame"][:, :n],
+             num_real_gazing_each_frame=res["num_real_gazing_each_frame"][:, :n],
+             gazing_mask=[m[:, :n] for m in res["gazing_mask"]])
+  for k in ("gazing_pos", "if_padded_gazing", "log_action_probs", "task_loss_prediction"):
+    out[k] = None if res.get(k) is None else res[k][:, :keep]
+  if res.get("task_loss_requirement") is not None:
+    out["task_loss_requirement"] = res["task_loss_requirement"][:, :n]
+  return out
 
 
 def _check_pixel_values(pv, cfg: GazeConfig):

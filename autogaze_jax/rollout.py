@@ -230,7 +230,8 @@ def rollout_frames(model, vis, budgets, thr, temperature, key, spec: RolloutSpec
 
   xs = (jnp.swapaxes(vis, 0, 1), jnp.swapaxes(budgets, 0, 1), jnp.swapaxes(thr, 0, 1), jnp.arange(t))
   state, outs = jax.lax.scan(body, state, xs)
-  return state, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1) if a.ndim >= 2 else a, outs)
+  outs = dict(outs, tokens=jnp.swapaxes(outs["tokens"], 0, 1), length=jnp.swapaxes(outs["length"], 0, 1))
+  return state, outs
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec"))
@@ -239,7 +240,7 @@ def rollout(graphdef, params, pixel_values, budgets, thr, temperature, key, spec
 
   pixel_values (B, T, 3, H, W) processor output; budgets (B, T) int32; thr (B, T) float32.
   Returns per-frame fixed-capacity outputs: tokens (B, T, gen_slots), length (B, T),
-  trace_tl / trace_chosen (B, T, max_steps, B, k) -> see `frame_step`, steps (T,).
+  trace_tl / trace_chosen (T, max_steps, B, k) (see `frame_step`), steps (T,).
   """
   model = nnx.merge(graphdef, params)
   vis, _ = model.embed_video(pixel_values)
