@@ -54,7 +54,7 @@ class VideoMAEConfig:
   dtype: str = "float32"          # compute dtype; params, LayerNorm, softmax and losses stay float32
   remat: str = "none"             # per transformer block, see REMAT
   attn_impl: str = "chunked"
-  attn_block: int = 512           # query chunk of the chunked attention
+  attn_block: int = 128           # max query chunk of the chunked attention (128 is fastest on CPU)
   dinov2_reg_weights: str = ""    # local HF safetensors of dinov2-with-registers-base ("" = skip the term)
   siglip2_weights: str = ""       # local HF safetensors of siglip2-base-patch16-224 vision ("" = skip)
   raw_json: str = dataclasses.field(default="", compare=False, repr=False)

@@ -115,8 +115,10 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_seg: jax.Array
   self_edge (B,Lq) bool or None. Returns (B,Lq,H,d). Every query must see at least one key.
 
   Segment ids, not positions, define the mask, so tokens may be laid out in any order.
-  impl="chunked": queries in chunks of `block` under `lax.map`, each chunk rematerialised, so the
-  float32 score tensor is at most B x H x block x Lk in the forward and the backward pass.
+  impl="chunked": queries in chunks of at most `block` under `lax.map`, each chunk rematerialised, so
+  the float32 score tensor is at most B x H x block x Lk in the forward and the backward pass. Small
+  chunks also run faster on CPU (2.2x at 128 vs 1024 rows: the score buffer stays cache/allocator
+  resident instead of page-faulting a fresh 100+ MB tensor).
   impl="dot_product": one `jax.nn.dot_product_attention` call with a boolean mask (B,1,Lq,Lk), for
   accelerators whose fused kernels take a mask (cuDNN); scores in the input dtype there.
   """
@@ -128,6 +130,7 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_seg: jax.Array
     mask = _segment_mask(q_seg, k_seg, k_valid, self_edge, jnp.arange(lq), k.shape[1])
     return attend(q, k, v, mask)
   nc = -(-lq // block)
+  block = -(-lq // nc)               # balanced chunks: 265 rows -> 3 x 89, not 3 x 128 with padding
   pad = nc * block - lq
   qp = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
   segp = jnp.pad(q_seg, ((0, 0), (0, pad)), constant_values=jnp.iinfo(jnp.int32).max)  # pad rows see all
