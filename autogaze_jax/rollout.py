@@ -61,7 +61,7 @@ class RolloutSpec:
 @struct.dataclass
 class RolloutState:
   """What carries from one frame to the next (the streaming state)."""
-  cache_k: jax.Array       # (layers, B, S, H, hd)
+  cache_k: jax.Array       # (layers, B, H, S, hd)
   cache_v: jax.Array
   kv_valid: jax.Array      # (B, S) bool: rebuilt validity of every slot
   nvalid: jax.Array        # (B,) visible tokens already in the cache (next cumsum position)

@@ -17,7 +17,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from autogaze_jax.config import GazeConfig
-from autogaze_jax.models.layers import (apply_rope, attend, causal_attention, dense, llama3_inv_freq,
+import numpy as np
+
+from autogaze_jax.models.layers import (MASK_VALUE, apply_rope, causal_attention, dense, llama3_inv_freq,
                                         rms_norm, rope_cos_sin)
 
 
@@ -113,28 +115,30 @@ class GazeDecoder(nnx.Module):
   def hidden_cached(self, x, positions, cache, start, kv_valid):
     """Write n new tokens at cache slots [start, start+n) and attend causally by slot.
 
-    x (B, n, D); positions (B, n); cache = (k, v) each (layers, B, S, H, hd); start: int scalar;
-    kv_valid (B, S) bool validity of every slot *including* the new ones.
-    Returns (final-normed hidden (B, n, D), new cache).
+    x (B, n, D); positions (B, n); cache = (k, v) each (layers, B, H, S, hd) (head-major so the
+    attention matmuls read it without a transpose); start: int scalar; kv_valid (B, S) bool validity
+    of every slot *including* the new ones. Returns (final-normed hidden (B, n, D), new cache).
     """
     ck, cv = cache
-    n, slots = x.shape[1], ck.shape[2]
+    n, slots = x.shape[1], ck.shape[3]
     cos, sin = self._rope(positions)
     q_slot = start + jnp.arange(n)
     mask = (jnp.arange(slots)[None, :] <= q_slot[:, None])[None] & kv_valid[:, None, :]
-    new_k, new_v = [], []
+    scale = 1.0 / float(np.sqrt(self.cfg.decoder.head_dim))
     for i, layer in enumerate(self.layers):
       q, k, v = self._qkv(layer, x, cos, sin)
-      k_i = jax.lax.dynamic_update_slice_in_dim(ck[i], k.astype(ck.dtype), start, axis=1)
-      v_i = jax.lax.dynamic_update_slice_in_dim(cv[i], v.astype(cv.dtype), start, axis=1)
-      new_k.append(k_i)
-      new_v.append(v_i)
-      x = self._finish(layer, x, attend(q, k_i.astype(q.dtype), v_i.astype(q.dtype), mask))
-    return self.final_norm(x), (jnp.stack(new_k), jnp.stack(new_v))
+      # (B, n, H, hd) -> (1, B, H, n, hd), written in place into the (layers, B, H, S, hd) cache
+      ck = jax.lax.dynamic_update_slice(ck, k.transpose(0, 2, 1, 3)[None].astype(ck.dtype), (i, 0, 0, start, 0))
+      cv = jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 1, 3)[None].astype(cv.dtype), (i, 0, 0, start, 0))
+      s = jnp.einsum("bqhd,bhkd->bhqk", q, ck[i].astype(q.dtype), preferred_element_type=jnp.float32) * scale
+      p = jax.nn.softmax(jnp.where(mask[:, None], s, MASK_VALUE), axis=-1)
+      o = jnp.einsum("bhqk,bhkd->bqhd", p.astype(q.dtype), cv[i].astype(q.dtype))
+      x = self._finish(layer, x, o)
+    return self.final_norm(x), (ck, cv)
 
   def init_cache(self, batch: int, slots: int, dtype=None):
     dc = self.cfg.decoder
-    shape = (dc.num_hidden_layers, batch, slots, dc.num_attention_heads, dc.head_dim)
+    shape = (dc.num_hidden_layers, batch, dc.num_attention_heads, slots, dc.head_dim)
     dt = dtype or self.cfg.jnp_dtype
     return jnp.zeros(shape, dt), jnp.zeros(shape, dt)
 
