@@ -87,7 +87,8 @@ class GazedViTConfig:
     checks = [
         (self.hidden_size % self.num_attention_heads == 0, "hidden_size",
          f"a multiple of num_attention_heads={self.num_attention_heads}"),
-        (self.image_size % self.patch_size == 0, "image_size", f"a multiple of patch_size={self.patch_size}"),
+        # not a multiple in general: so400m-patch14-384 has a 27x27 table (HF uses image_size // patch_size)
+        (self.image_size >= self.patch_size, "image_size", f">= patch_size={self.patch_size}"),
         (self.attn_type in ATTN_TYPES, "attn_type", f"one of {ATTN_TYPES}"),
         (self.dtype in DTYPES, "dtype", f"one of {DTYPES}"),
         (self.attn_block > 0, "attn_block", "> 0"),
@@ -105,7 +106,7 @@ class GazedViTConfig:
 
   @property
   def grid(self) -> int:
-    """Side of the learned position table (14 for 224/16)."""
+    """Side of the learned position table (14 for 224/16, 27 for 384/14)."""
     return self.image_size // self.patch_size
 
   @property
