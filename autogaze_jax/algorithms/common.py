@@ -1,0 +1,67 @@
+"""Pieces every algorithm shares: the train state, the optimizer from config, norm metrics.
+
+The whole train state is one pytree (style.md 4): `TrainState(step, params, opt_state)`; the graphdef of
+the single `nnx.split` is static and lives outside it. Learning-rate schedules follow the official
+trainer (spec training.md 4.3): `linear` (lr0 -> min_lr over S steps, no warmup), `linear_w_warmup`
+(W = S // 10 steps of warmup from 0, then linear to 0: lr(0) = 0), `constant`, plus `cosine`.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+OPTIMIZERS = ("adam", "sgd", "adamw")
+SCHEDULES = ("linear", "linear_w_warmup", "constant", "cosine")
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: object
+  opt_state: object
+
+
+def make_schedule(name: str, lr: float, total_steps: int, min_lr: float = 0.0, warmup_frac: float = 0.1):
+  s = max(int(total_steps), 1)
+  if name == "linear":
+    return lambda c: lr * (1.0 + (min_lr / lr - 1.0) * jnp.minimum(c, s) / s)
+  if name == "linear_w_warmup":
+    w = int(s * warmup_frac)
+    def sched(c):
+      c = jnp.asarray(c, jnp.float32)
+      warm = lr * c / max(w, 1)
+      decay = lr * jnp.maximum(0.0, (s - c) / max(s - w, 1))
+      return jnp.where(c < w, warm, decay)
+    return sched
+  if name == "constant":
+    return lambda c: jnp.asarray(lr, jnp.float32)
+  if name == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, lr, max(int(s * warmup_frac), 1), s, min_lr)
+  raise ValueError(f"optimizer.schedule {name!r} is not one of {SCHEDULES}")
+
+
+def make_optimizer(opt_cfg, total_steps: int):
+  """optax chain from a config block: name, lr, min_lr, schedule, b1, b2, eps, weight_decay,
+  grad_clip (0 = none, as both official recipes), grad_accum_steps. Returns (tx, schedule)."""
+  sched = make_schedule(opt_cfg.schedule, opt_cfg.lr, total_steps, opt_cfg.get("min_lr", 0.0),
+                        opt_cfg.get("warmup_frac", 0.1))
+  if opt_cfg.name == "adam":
+    core = optax.adam(sched, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps)
+  elif opt_cfg.name == "adamw":
+    core = optax.adamw(sched, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay)
+  elif opt_cfg.name == "sgd":
+    core = optax.sgd(sched)
+  else:
+    raise ValueError(f"optimizer.name {opt_cfg.name!r} is not one of {OPTIMIZERS}")
+  parts = [optax.clip_by_global_norm(opt_cfg.grad_clip)] if opt_cfg.get("grad_clip", 0) else []
+  tx = optax.chain(*parts, core)
+  if opt_cfg.get("grad_accum_steps", 1) > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=opt_cfg.grad_accum_steps)
+  return tx, sched
+
+
+def norm_metrics(grads, params, updates) -> dict:
+  return {"grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
+          "update_norm": optax.global_norm(updates)}

@@ -1,0 +1,61 @@
+"""Shared config blocks and the `file.py:key=val,...` argument parser (big_vision style).
+
+Configs import only ml_collections and this module. Every number of a run lives in its config;
+`validate` (autogaze_jax/trainer.py) checks it before anything is compiled.
+"""
+from __future__ import annotations
+
+import ml_collections as mlc
+
+
+def parse_arg(arg: str | None, **defaults) -> mlc.ConfigDict:
+  """`"smoke"` or `"smoke,batch=8"` -> ConfigDict of `defaults` with those set. Bare names are bools
+  set to True; `k=v` is converted to the type of the default. Unknown keys raise (naming them)."""
+  out = mlc.ConfigDict(dict(defaults))
+  for part in filter(None, (arg or "").split(",")):
+    key, _, val = part.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+    d = defaults[key]
+    if not val:
+      if not isinstance(d, bool):
+        raise ValueError(f"config argument {key!r} needs a value ({key}=...)")
+      out[key] = True
+    elif isinstance(d, bool):
+      if val.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"config argument {key}={val!r} is not a bool")
+      out[key] = val.lower() in ("true", "1")
+    else:
+      out[key] = type(d)(val)
+  return out
+
+
+def mesh_config() -> mlc.ConfigDict:
+  return mlc.ConfigDict({"data": -1, "fsdp": 1})
+
+
+def data_config(batch: int) -> mlc.ConfigDict:
+  """source: synthetic (embedded default, generated on first use) | folder | arrayrecord."""
+  return mlc.ConfigDict({
+      "source": "synthetic", "path": "", "labels": "", "synthetic_num_clips": 200, "cache_dir": "",
+      "global_batch_size": batch, "num_workers": 0, "shuffle": True, "seed": 0,
+      "max_tokens_per_frame": 26,  # fixed-capacity label collation: static slots per frame = this + 1
+  })
+
+
+def optimizer_config(name="adam", lr=5e-4, schedule="linear", min_lr=1e-5) -> mlc.ConfigDict:
+  return mlc.ConfigDict({"name": name, "lr": lr, "min_lr": min_lr, "schedule": schedule, "warmup_frac": 0.1,
+                         "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "grad_clip": 0.0,
+                         "grad_accum_steps": 1})
+
+
+def train_config(steps: int) -> mlc.ConfigDict:
+  return mlc.ConfigDict({"num_steps": steps, "log_every": 10, "ckpt_every": 500, "keep_checkpoints": 2,
+                         "picture_every": 0, "seed": 666})
+
+
+def model_config(size: str = "default") -> mlc.ConfigDict:
+  """size: default (the released 3.26M model) | tiny (the gaze_tiny fixture architecture).
+  init: '' = random init, else an official-format checkpoint dir (config.json + model.safetensors)."""
+  return mlc.ConfigDict({"size": size, "init": "", "dtype": "float32"})

@@ -1,0 +1,45 @@
+"""Train AutoGaze: NTP, GRPO or the VideoMAE judge, on one CPU, a GPU or a TPU pod slice.
+
+  python -m launch.train --config=configs/ntp.py --workdir=runs/ntp
+  python -m launch.train --config=configs/ntp.py:smoke --workdir=runs/smoke --config.optimizer.lr=1e-3
+  python -m launch.train --config=configs/grpo.py --workdir=runs/grpo --config.model.init=runs/ntp/export
+
+Restarting with the same --workdir resumes exactly from its last checkpoint. Multi-process runs call
+jax.distributed.initialize() (set --distributed, or it is automatic on TPU pods / SLURM / with the
+JAX coordinator environment variables).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file, optionally with :arg", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and exports")
+_DIST = flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-process)")
+
+
+def main(argv):
+  del argv
+  import jax
+  if _DIST.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize()
+  jax.config.update("jax_default_matmul_precision", "highest")  # fp32 parity on GPUs (no TF32)
+  logging.getLogger().setLevel(logging.INFO)
+  for noisy in ("orbax", "absl"):  # orbax logs every file it renames at INFO
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  from autogaze_jax import trainer
+  if _CONFIG.value is None or not _WORKDIR.value:
+    raise app.UsageError("--config and --workdir are required (see --help)")
+  try:
+    result = trainer.run(_CONFIG.value, _WORKDIR.value)
+  except trainer.ConfigError as e:
+    raise app.UsageError(str(e))
+  logging.info("done: %s", result)
+
+
+if __name__ == "__main__":
+  app.run(main)
