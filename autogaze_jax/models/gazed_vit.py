@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from autogaze_jax.models.layers import attend, dense, layer_norm
+from autogaze_jax.models.layers import MASK_VALUE, attend, dense, layer_norm
 from autogaze_jax.patches import ScaleLayout, multiscale_patches
 from autogaze_jax.resize import resize_bicubic
 
@@ -363,6 +363,22 @@ def _visible(cfg, q_seg, k_seg, q_pos, k_pos, k_valid):
   return (m & k_valid[:, None, :]) | (q_pos[:, None] == k_pos[None, :])[None]
 
 
+def _attend_heads(qt, kt, vt, mask):
+  """Masked softmax attention on head-major tensors: qt (B,H,Lq,d), kt/vt (B,H,Lk,d), mask (B,Lq,Lk)
+  bool (True = visible; every row sees at least its diagonal) -> (B,H,Lq,d).
+
+  Scores and softmax statistics in float32. Normalising after the PV product divides (Lq,d) instead
+  of (Lq,Lk) values, and head-major operands avoid per-call transposes: 1.6x faster on CPU than
+  `layers.attend` for 196 x 3136 blocks (the score matmul has inner size 64 only, ~3x below the MLP
+  matmul rate there, so attention dominates the full-token ViT's time on CPU)."""
+  scale = 1.0 / math.sqrt(qt.shape[-1])
+  sc = jnp.einsum("bhqd,bhkd->bhqk", qt * jnp.asarray(scale, qt.dtype), kt, preferred_element_type=jnp.float32)
+  sc = jnp.where(mask[:, None], sc, MASK_VALUE)
+  e = jnp.exp(sc - jnp.max(sc, axis=-1, keepdims=True))
+  o = jnp.einsum("bhqk,bhkd->bhqd", e.astype(vt.dtype), vt, preferred_element_type=jnp.float32)
+  return (o / jnp.sum(e, axis=-1, keepdims=True)).astype(vt.dtype)
+
+
 def _layer(cfg: GazedViTConfig, lay: EncoderLayer, x, seg, valid, groups):
   """One HF SiglipEncoderLayer on the float32 residual stream x (B, L, D)."""
   b, length, d = x.shape
@@ -370,14 +386,15 @@ def _layer(cfg: GazedViTConfig, lay: EncoderLayer, x, seg, valid, groups):
   dt = cfg.jnp_dtype
   h = layer_norm(x, lay.layer_norm1.scale[...], lay.layer_norm1.bias[...], cfg.layer_norm_eps).astype(dt)
   sa = lay.self_attn
-  split = lambda z: z.reshape(b, length, heads, d // heads)  # noqa: E731
+  split = lambda z: z.reshape(b, length, heads, d // heads).transpose(0, 2, 1, 3)  # noqa: E731
   q, k, v = (split(dense(h, m.kernel[...], m.bias[...])) for m in (sa.q_proj, sa.k_proj, sa.v_proj))
   outs = []
   for qs, qe, ks, ke in groups:
     mask = _visible(cfg, seg[:, qs:qe], seg[:, ks:ke], jnp.arange(qs, qe), jnp.arange(ks, ke), valid[:, ks:ke])
-    outs.append(attend(q[:, qs:qe], k[:, ks:ke], v[:, ks:ke], mask))
-  a = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
-  x = x + dense(a.reshape(b, length, d), sa.out_proj.kernel[...], sa.out_proj.bias[...]).astype(jnp.float32)
+    outs.append(_attend_heads(q[:, :, qs:qe], k[:, :, ks:ke], v[:, :, ks:ke], mask))
+  a = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
+  a = a.transpose(0, 2, 1, 3).reshape(b, length, d)
+  x = x + dense(a, sa.out_proj.kernel[...], sa.out_proj.bias[...]).astype(jnp.float32)
   h = layer_norm(x, lay.layer_norm2.scale[...], lay.layer_norm2.bias[...], cfg.layer_norm_eps).astype(dt)
   h = jax.nn.gelu(dense(h, lay.mlp.fc1.kernel[...], lay.mlp.fc1.bias[...]), approximate=True)
   return x + dense(h, lay.mlp.fc2.kernel[...], lay.mlp.fc2.bias[...]).astype(jnp.float32)
