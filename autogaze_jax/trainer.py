@@ -39,7 +39,7 @@ def validate(config) -> None:
   from autogaze_jax.algorithms import registry
   if config.algorithm not in registry.ALGORITHMS:
     raise ConfigError(f"config.algorithm = {config.algorithm!r}: choose from {sorted(registry.ALGORITHMS)}")
-  n_dev = jax.device_count()
+  n_dev = _devices(config).__len__()
   sizes = [config.mesh.data, config.mesh.fsdp]
   if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
     raise ConfigError(f"config.mesh = data {sizes[0]}, fsdp {sizes[1]}: sizes must be positive or -1 (at most one -1)")
@@ -63,6 +63,23 @@ def validate(config) -> None:
   if config.data.source != "synthetic" and not config.data.path:
     raise ConfigError(f"config.data.source = {config.data.source!r} needs config.data.path")
   registry.ALGORITHMS[config.algorithm].validate(config)
+
+
+def _devices(config):
+  n = config.mesh.get("num_devices", 0)
+  if n and jax.process_count() > 1:
+    raise ConfigError("config.mesh.num_devices works only in single-process runs")
+  if n < 0 or n > jax.device_count():
+    raise ConfigError(f"config.mesh.num_devices = {n}: there are {jax.device_count()} devices")
+  return jax.devices()[:n] if n else jax.devices()
+
+
+def _match_param_shardings(opt_state, default, params, p_shard):
+  """Give every optimizer leaf shaped like a param (Adam moments) that param's sharding."""
+  by_shape = {}
+  for x, sh in zip(jax.tree.leaves(params), jax.tree.leaves(p_shard)):
+    by_shape.setdefault((x.shape, x.dtype), sh)
+  return jax.tree.map(lambda x, d: by_shape.get((x.shape, x.dtype), d) if x.ndim else d, opt_state, default)
 
 
 def _install_sigterm():
@@ -102,8 +119,12 @@ def _restore(mngr, step: int, abstract_state, it):
   return out["state"]
 
 
-def run(config, workdir: str) -> dict:
-  """Train `config.algorithm` in `workdir` (resuming if it holds a checkpoint). Returns final metrics."""
+def run(config, workdir: str, stop_after: int | None = None) -> dict:
+  """Train `config.algorithm` in `workdir` (resuming if it holds a checkpoint). Returns final metrics.
+
+  stop_after: leave after this many steps of *this* process (with a checkpoint), as a preemption would;
+  the schedule still follows config.train.num_steps, so a later run continues exactly.
+  """
   from autogaze_jax.algorithms import registry
   validate(config)
   os.makedirs(workdir, exist_ok=True)
@@ -114,7 +135,7 @@ def run(config, workdir: str) -> dict:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
   # ---- mesh ----
-  mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
+  mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, _devices(config))
   logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count())
 
   # ---- input ----
@@ -126,9 +147,14 @@ def run(config, workdir: str) -> dict:
   # ---- shard: params by rules (born sharded through a jitted init of the optimizer state) ----
   p_shard = shd.param_shardings(params, mesh)
   params = jax.device_put(params, p_shard)
-  opt_state = jax.jit(tx.init, out_shardings=None)(params)
+  opt_state = jax.jit(tx.init)(params)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
-  state_shard = jax.tree.map(lambda x: x.sharding, state)
+  # optimizer moments follow their param's sharding (same tree paths); counters are replicated
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  opt_shard = jax.tree.map(lambda x: rep, opt_state)
+  opt_shard = _match_param_shardings(opt_state, opt_shard, params, p_shard)
+  state_shard = TrainState(step=rep, params=p_shard, opt_state=opt_shard)
+  state = jax.device_put(state, state_shard)
   frozen = None if frozen is None else jax.device_put(frozen, shd.param_shardings(frozen, mesh))
 
   # ---- checkpoint: resume precedence = checkpoint in workdir > init ----
@@ -181,6 +207,8 @@ def run(config, workdir: str) -> dict:
       if step % config.train.log_every == 0 or step == config.train.num_steps:
         writer.write_scalars(step, m)
         progress(step, {k: m[k] for k in algo.progress_keys if k in m}, force=True)
+      if stop_after is not None and step - start >= stop_after:
+        stop["stop"] = True
       if step % config.train.ckpt_every == 0 or stop["stop"] or step == config.train.num_steps:
         _save(mngr, step, state, it)
       if algo.picture and config.train.picture_every and step % config.train.picture_every == 0 and is_main:

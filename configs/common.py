@@ -32,7 +32,9 @@ def parse_arg(arg: str | None, **defaults) -> mlc.ConfigDict:
 
 
 def mesh_config() -> mlc.ConfigDict:
-  return mlc.ConfigDict({"data": -1, "fsdp": 1})
+  """Axes (data, fsdp); -1 = the remaining devices. num_devices: use only the first N devices
+  (0 = all; single-process runs only, e.g. to compare against a 1-device run)."""
+  return mlc.ConfigDict({"data": -1, "fsdp": 1, "num_devices": 0})
 
 
 def data_config(batch: int) -> mlc.ConfigDict:

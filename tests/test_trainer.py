@@ -1,0 +1,100 @@
+"""launch.train / trainer: NTP on the embedded dataset, exact resume, sharded == single, config errors, export."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from autogaze_jax import AutoGaze, trainer
+from configs import ntp as ntp_cfg
+
+
+def _cfg(steps=4, **over):
+  c = ntp_cfg.get_config(f"smoke,steps={steps},batch=2")
+  c.data.synthetic_num_clips = 6
+  c.data.max_tokens_per_frame = 4
+  c.train.log_every = 1
+  c.train.ckpt_every = 100
+  c.mesh.num_devices = 1
+  for k, v in over.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+def _params(workdir):
+  return jax.tree.map(np.asarray, AutoGaze.from_pretrained(os.path.join(workdir, "export")).pure_params())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("full"))
+  res = trainer.run(_cfg(), wd)
+  return wd, res
+
+
+def test_ntp_smoke_runs_logs_and_exports(uninterrupted):
+  wd, res = uninterrupted
+  assert res["step"] == 4 and np.isfinite(res["loss"])
+  lines = [json.loads(l) for l in open(os.path.join(wd, "tb", "metrics.jsonl"))]
+  assert [l["step"] for l in lines] == [1, 2, 3, 4]
+  assert lines[-1]["loss"] < lines[0]["loss"]  # it learns (toy labels: mostly the task-loss head)
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(wd, "tb")))
+  m = AutoGaze.from_pretrained(os.path.join(wd, "export"))  # official format round trip
+  assert m.num_params == 140672
+
+
+def test_kill_and_resume_is_bitwise(uninterrupted, tmp_path):
+  wd_full, _ = uninterrupted
+  wd = str(tmp_path / "resumed")
+  trainer.run(_cfg(), wd, stop_after=2)           # "preempted" after 2 steps (checkpoint written)
+  assert not os.path.exists(os.path.join(wd, "export"))
+  res = trainer.run(_cfg(), wd)                     # a new run in the same workdir resumes at step 2
+  assert res["step"] == 4
+  a, b = _params(wd_full), _params(wd)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  full = [json.loads(l) for l in open(os.path.join(wd_full, "tb", "metrics.jsonl"))]
+  resumed = [json.loads(l) for l in open(os.path.join(wd, "tb", "metrics.jsonl"))]
+  assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
+
+
+def test_sharded_step_equals_single_device(uninterrupted, tmp_path):
+  wd_full, res1 = uninterrupted
+  res8 = trainer.run(_cfg(steps=4, **{"data.global_batch_size": 8, "mesh.num_devices": 0}), str(tmp_path / "s8"))
+  res1b = trainer.run(_cfg(steps=4, **{"data.global_batch_size": 8}), str(tmp_path / "s1"))
+  assert res8["step"] == res1b["step"] == 4
+  np.testing.assert_allclose(res8["loss"], res1b["loss"], rtol=1e-5, atol=1e-6)
+  a, b = _params(str(tmp_path / "s8")), _params(str(tmp_path / "s1"))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("data.global_batch_size", 3, "not divisible by the data axis size 8"),
+    ("mesh.data", 3, "do not divide the 8 devices"),
+    ("algorithm", "ppo", "choose from"),
+    ("model.size", "huge", "choose default or tiny"),
+    ("data.source", "folder", "needs config.data.path"),
+    ("data.max_tokens_per_frame", 0, "must be in 1..265"),
+    ("train.num_steps", 0, "must be positive"),
+])
+def test_config_validation(tmp_path, key, value, match):
+  c = _cfg(**{"mesh.num_devices": 0, "data.global_batch_size": 8})
+  c.unlock()
+  node = c
+  *path, last = key.split(".")
+  for p in path:
+    node = node[p]
+  node[last] = value
+  with pytest.raises(trainer.ConfigError, match=match):
+    trainer.run(c, str(tmp_path))
+
+
+def test_unknown_config_argument():
+  with pytest.raises(ValueError, match="unknown config argument 'smok'"):
+    ntp_cfg.get_config("smok")
