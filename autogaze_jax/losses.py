@@ -79,11 +79,13 @@ def task_targets(loss: jax.Array, if_padded_gazing: jax.Array, num_gazing_each_f
 
 
 def reconstruction_task(graphdef, params, video, gazing_pos, if_padded_gazing, num_gazing_each_frame,
-                        frame_idx_to_reconstruct, perceptual: dict[str, PerceptualNet] | None = None) -> dict:
+                        frame_idx_to_reconstruct, perceptual: dict[str, PerceptualNet] | None = None,
+                        static_counts: tuple[int, ...] | None = None) -> dict:
   """The task model call of GRPO / NTP / greedy search (official `forward_output` + `reward` + `metric`).
 
   video (B,T,C,224,224) task space; gazing_pos (B,N); if_padded_gazing (B,N) bool;
-  num_gazing_each_frame (T,); frame_idx_to_reconstruct (R,) int; perceptual {term: net} (optional).
+  num_gazing_each_frame (T,); frame_idx_to_reconstruct (R,) int; perceptual {term: net} (optional);
+  static_counts: optional Python tuple of the slot counts (faster encoder, see `models.videomae.forward`).
   Returns everything of `task_targets` plus `loss_each_reconstruction_frame` (B,R),
   `loss_mean` (B,) (differentiable: the VideoMAE training loss), `loss_terms` {term: (B,R)},
   `reconstruction` (B,R,C,224,224), `encoder_last_hidden_state` (B,1+N,D),
@@ -91,7 +93,7 @@ def reconstruction_task(graphdef, params, video, gazing_pos, if_padded_gazing, n
   """
   cfg: VideoMAEConfig = nnx.merge(graphdef, params).cfg   # static; merging is trace-time only
   out = forward(graphdef, params, video, gazing_pos, if_padded_gazing, num_gazing_each_frame,
-                frame_idx_to_reconstruct)
+                frame_idx_to_reconstruct, static_counts)
   target = jnp.take(video, frame_idx_to_reconstruct, axis=1)
   loss, terms = frame_losses(cfg, out["reconstruction"], target, perceptual)
   res = task_targets(loss, if_padded_gazing, num_gazing_each_frame, frame_idx_to_reconstruct)

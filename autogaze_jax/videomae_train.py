@@ -111,7 +111,8 @@ def make_train_step(cfg: VideoMAETrainConfig, graphdef, tx):
       frames = jnp.arange(t)
 
     def loss_fn(params):
-      out = reconstruction_task(graphdef, params, video, gazing_pos, if_padded, counts, frames, state.frozen)
+      out = reconstruction_task(graphdef, params, video, gazing_pos, if_padded, counts, frames, state.frozen,
+                                static_counts=cfg.slots_per_frame(t))
       return jnp.mean(out["loss_mean"]), out
 
     (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -6,6 +6,8 @@ Prints one JSON object. Cases: default (vit-mae-large-sized) config at batch 1/4
 R = 2 or 16 reconstructed frames, 16 frames of 224x224; and the tiny fixture config. Each case is
 AOT-compiled first (`compile_s`, XLA `memory_analysis`: `peak_mb` = arguments + outputs + temporaries,
 `flops` from `cost_analysis`), then timed (median of `--runs` after one warm-up). Cases too slow for
+a 2-core CPU are compiled only. "forward" runs as the reward does (traced per-frame counts);
+"forward_backward" as `videomae_train` does (static counts: block-causal skipping in the encoder). Cases too slow for
 a 2-core CPU are compiled only (memory, FLOPs) unless `--heavy`. `vs_official` = official time / ours
 from `/work/shared/baselines/official_cpu.json` where the shapes match (`videomae_large_forward_16f`
 and `_2f`: batch 1, ratio 0.1, 16 / 2 reconstructed frames; official fp32, 2 threads). `mfu_vs_matmul`
@@ -63,7 +65,8 @@ def run_case(cfg, params, graphdef, batch, ratio, n_recon, mode, runs, execute):
       return reconstruction_task(graphdef, p, v, pos, pad, cnt, frames)["loss_each_reconstruction_frame"]
   else:
     def fn(p, v):
-      return jax.grad(lambda q: jnp.mean(reconstruction_task(graphdef, q, v, pos, pad, cnt, frames)["loss_mean"]))(p)
+      return jax.grad(lambda q: jnp.mean(reconstruction_task(graphdef, q, v, pos, pad, cnt, frames,
+                                                             static_counts=tuple(int(c) for c in cnt))["loss_mean"]))(p)
   t0 = time.perf_counter()
   compiled = jax.jit(fn).lower(params, video).compile()
   res = {"case": f"{mode}_b{batch}_ratio{ratio}_R{n_recon}", "mode": mode, "batch": batch, "ratio": ratio,

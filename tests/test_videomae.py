@@ -91,6 +91,19 @@ def test_block_causality_and_order_invariance():
   assert np.abs(out["reconstruction"][:, 6] - base["reconstruction"][:, 6]).max() > 1e-3
 
 
+def test_static_counts_same_outputs():
+  """The static-count path (encoder skips later frames' keys) equals the traced one."""
+  from autogaze_jax.models.videomae import frame_groups
+  assert frame_groups((3, 0, 200, 5), 1, 128) == ((0, 204, 204), (204, 209, 209))
+  _, g, p, _ = _model()
+  video, pos, pad, cnt = _inputs()
+  fn = jax.jit(functools.partial(reconstruction_task, static_counts=tuple(int(c) for c in cnt)), static_argnums=0)
+  out = fn(g, p, video, pos, pad, cnt, np.array([9, 2]))
+  ref, _ = _fixture_run("recon_frames_9_2")
+  np.testing.assert_allclose(np.asarray(out["encoder_last_hidden_state"]), ref["encoder_last_hidden_state"], atol=1e-5)
+  np.testing.assert_allclose(np.asarray(out["reconstruction"]), ref["reconstruction"], atol=1e-5)
+
+
 # ---------------------------------------------------------------- sharding
 @pytest.mark.parametrize("data,fsdp", [(2, 4)])
 def test_sharded_equals_single_device(data, fsdp):

@@ -107,12 +107,13 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, kv_valid: jax.Arr
 
 def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_seg: jax.Array, k_seg: jax.Array,
                       k_valid: jax.Array, self_edge: jax.Array | None = None, block: int = 512,
-                      impl: str = "chunked") -> jax.Array:
+                      impl: str = "chunked", q_offset: int = 0) -> jax.Array:
   """Block-causal attention by segment (frame) id: query i sees key j iff `k_seg[j] <= q_seg[i]` and
   `k_valid[j]`, or (with `self_edge`, self-attention only) `j == i` and `self_edge[i]`.
 
   q (B,Lq,H,d), k/v (B,Lk,H,d); q_seg (B,Lq), k_seg (B,Lk) int32; k_valid (B,Lk) bool;
-  self_edge (B,Lq) bool or None. Returns (B,Lq,H,d). Every query must see at least one key.
+  self_edge (B,Lq) bool or None; q_offset: index of query 0 among the keys (for `self_edge` when q is
+  a slice of the sequence). Returns (B,Lq,H,d). Every query must see at least one key.
 
   Segment ids, not positions, define the mask, so tokens may be laid out in any order.
   impl="chunked": queries in chunks of at most `block` under `lax.map`, each chunk rematerialised, so
@@ -124,10 +125,10 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_seg: jax.Array
   """
   b, lq, h, d = q.shape
   if impl == "dot_product":
-    mask = _segment_mask(q_seg, k_seg, k_valid, self_edge, jnp.arange(lq), k.shape[1])
+    mask = _segment_mask(q_seg, k_seg, k_valid, self_edge, q_offset + jnp.arange(lq), k.shape[1])
     return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])
   if lq <= block:
-    mask = _segment_mask(q_seg, k_seg, k_valid, self_edge, jnp.arange(lq), k.shape[1])
+    mask = _segment_mask(q_seg, k_seg, k_valid, self_edge, q_offset + jnp.arange(lq), k.shape[1])
     return attend(q, k, v, mask)
   nc = -(-lq // block)
   block = -(-lq // nc)               # balanced chunks: 265 rows -> 3 x 89, not 3 x 128 with padding
@@ -139,7 +140,7 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_seg: jax.Array
   @jax.checkpoint
   def chunk(args):
     i, qc, sc, ec = args
-    pos = i * block + jnp.arange(block)
+    pos = q_offset + i * block + jnp.arange(block)
     return attend(qc, k, v, _segment_mask(sc, k_seg, k_valid, ec, pos, k.shape[1]))
 
   qs = qp.reshape(b, nc, block, h, d).swapaxes(0, 1)

@@ -150,7 +150,7 @@ def _block(w, x, q_seg, k_valid, self_edge, *, heads, eps, dtype, attn_impl, att
   q, k, v = (split(dense(h, *w[n])) for n in ("q", "k", "v"))
   att = lambda s, e, ke: segment_attention(  # noqa: E731
       q[:, s:e], k[:, :ke], v[:, :ke], q_seg[:, s:e], q_seg[:, :ke], k_valid[:, :ke],
-      None if self_edge is None else self_edge[:, s:e], block=attn_block, impl=attn_impl)
+      None if self_edge is None else self_edge[:, s:e], block=attn_block, impl=attn_impl, q_offset=s)
   if groups is None:
     a = att(0, length, length)
   else:
@@ -238,9 +238,24 @@ def _time(module, frames):
   return 0.0 if table is None else table[...][frames]
 
 
-def encode(model: VideoMAE, video, gazing_pos, if_padded_gazing, num_gazing_each_frame):
+def frame_groups(counts: tuple[int, ...], start: int, min_rows: int) -> tuple[tuple[int, int, int], ...]:
+  """Static (q_start, q_end, k_end) groups of whole frames (>= min_rows rows each when possible) for
+  rows laid out in frame order from `start`, rows [0, start) joining the first group: each group's
+  queries only need the keys up to its own end (block-causal skipping)."""
+  groups, s, e = [], 0, start
+  for c in counts:
+    e += c
+    if e - s >= min_rows:
+      groups.append((s, e, e))
+      s = e
+  if e > s or not groups:
+    groups.append((s, e, e))
+  return tuple(groups)
+
+
+def encode(model: VideoMAE, video, gazing_pos, if_padded_gazing, num_gazing_each_frame, static_counts=None):
   """Encoder over the gazed tokens. Returns (hidden (B,1+N,D) after the final LayerNorm, ids (B,N),
-  real (B,N) bool, seg (N,) frame of each slot)."""
+  real (B,N) bool, seg (N,) frame of each slot). `static_counts`: see `forward`."""
   cfg = model.cfg
   b, t = video.shape[:2]
   n = gazing_pos.shape[1]
@@ -262,7 +277,8 @@ def encode(model: VideoMAE, video, gazing_pos, if_padded_gazing, num_gazing_each
   # official quirk (spec 1.4): every row but the last may see itself, even when padded; only the
   # padded rows' own outputs depend on it (real outputs never do).
   self_edge = jnp.broadcast_to(jnp.arange(n + 1) < n, (b, n + 1))
-  x = _run_blocks(cfg, model.vit.layer, x, q_seg, k_valid, self_edge, cfg.num_attention_heads)
+  groups = frame_groups(static_counts, 1, cfg.attn_block) if static_counts is not None and cfg.causal else None
+  x = _run_blocks(cfg, model.vit.layer, x, q_seg, k_valid, self_edge, cfg.num_attention_heads, groups)
   x = layer_norm(x, model.vit.layernorm.scale[...], model.vit.layernorm.bias[...], cfg.layer_norm_eps)
   return x, ids, real, seg
 
@@ -314,13 +330,16 @@ def decode(model: VideoMAE, enc, ids, real, seg, frame_idx_to_reconstruct, num_f
 
 
 def forward(graphdef, params, video, gazing_pos, if_padded_gazing, num_gazing_each_frame,
-            frame_idx_to_reconstruct) -> dict:
+            frame_idx_to_reconstruct, static_counts: tuple[int, ...] | None = None) -> dict:
   """The task model's forward (official `ViTMAEForPreTraining.forward` minus the loss).
 
   video (B,T,C,224,224) float32 in task space; gazing_pos (B,N) int global ids; if_padded_gazing
   (B,N) bool; num_gazing_each_frame (T,) int (slot counts incl. padding, sum = N);
   frame_idx_to_reconstruct (R,) int, distinct (as `randperm` yields). Returns {"pred_patches": (B,R,grid^2,p*p*C),
   "reconstruction": (B,R,C,224,224), "encoder_last_hidden_state": (B,1+N,D)}, float32.
+  static_counts: optional Python tuple equal to `num_gazing_each_frame` (e.g. the fixed slot counts of
+  `videomae_train.random_gaze`); it replaces the traced counts and lets the encoder skip the keys of
+  later frames (about half its attention work). Outputs are identical either way.
   """
   model = nnx.merge(graphdef, params)
   cfg = model.cfg
@@ -337,7 +356,11 @@ def forward(graphdef, params, video, gazing_pos, if_padded_gazing, num_gazing_ea
                      f"B={b}, T={t}")
   if frame_idx_to_reconstruct.ndim != 1:
     raise ValueError(f"frame_idx_to_reconstruct must be 1-D, got shape {frame_idx_to_reconstruct.shape}")
-  enc, ids, real, seg = encode(model, video, gazing_pos, if_padded_gazing, num_gazing_each_frame)
+  if static_counts is not None:
+    if len(static_counts) != t or sum(static_counts) != n:
+      raise ValueError(f"static_counts {static_counts} must have T={t} entries summing to N={n}")
+    num_gazing_each_frame = jnp.asarray(static_counts, jnp.int32)
+  enc, ids, real, seg = encode(model, video, gazing_pos, if_padded_gazing, num_gazing_each_frame, static_counts)
   pred = decode(model, enc, ids, real, seg, frame_idx_to_reconstruct, t)
   return {"pred_patches": pred, "reconstruction": unpatchify(cfg, pred), "encoder_last_hidden_state": enc}
 
