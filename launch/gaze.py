@@ -1,14 +1,16 @@
 """Gaze a video and draw what the model looks at.
 
   python -m launch.gaze --checkpoint=DIR --video=FILE --out=OUTDIR [--gazing_ratio=0.75]
-                        [--task_loss_requirement=0.7] [--batch_tiles=N]
+                        [--task_loss_requirement=0.7] [--batch_tiles=N] [--vit=tiny|base|PATH]
 
 FILE: .mp4/.mov/.webm/.mkv (decoded with PyAV) or .npz with uint8 frames (T, H, W, 3) under `frames`.
 Videos of any size/length are cut into 16x224x224 tiles, gazed in batches of tiles, and merged.
 Writes OUTDIR/gaze.json (per-tile outputs as lists, video size, tiling, kept-token ratio per frame and
 overall), OUTDIR/gaze.png (original + overlay rows) and OUTDIR/gaze.gif, and prints a one-line summary.
 Without --checkpoint it uses randomly initialised weights (with a warning); without --video it gazes a
-generated clip.
+generated clip. With --vit the gazed tiles also go through a SigLIP-style ViT (a named random-init
+config, or local HF SigLIP weights: .safetensors/.npz file or dir) that embeds only the gazed patches,
+timed against the full-token ViT on the same tiles; writes OUTDIR/vit.json and prints kept tokens + times.
 """
 from __future__ import annotations
 
@@ -80,6 +82,8 @@ def main(argv=None):
   ap.add_argument("--max_frames", type=int, default=None, help="decode at most this many frames")
   ap.add_argument("--coupled", action="store_true", help="official batch coupling of tiles (parity mode)")
   ap.add_argument("--seed", type=int, default=0, help="init seed without --checkpoint")
+  ap.add_argument("--vit", help="gazed ViT after the gaze: tiny | base | so400m (random init) or a SigLIP "
+                                "weights file/dir (HF names); prints kept tokens and time vs the full-token ViT")
   args = ap.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -118,7 +122,34 @@ def main(argv=None):
   viz.save_gif(os.path.join(args.out, "gaze.gif"), np.concatenate([frames, overlay], axis=2))
   print(f"gazed {frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[1]} in {tl.num_tiles} tiles: "
         f"kept {100 * res['kept_ratio']:.1f}% of patches ({dt:.1f}s) -> {args.out}/gaze.json, gaze.png, gaze.gif")
+  if args.vit:
+    run_vit(args, model, frames, res)
   return 0
+
+
+def run_vit(args, model, frames, res):
+  """--vit: the gazed ViT on this gaze (autogaze_jax.models.gazed_vit.gaze_then_vit), timed vs full-token."""
+  from autogaze_jax.models import gazed_vit as gv
+  if args.vit in gv.NAMED:
+    logging.warning(f"WARNING: --vit={args.vit}: RANDOMLY INITIALISED SigLIP-style ViT (timings only)")
+    vit = gv.GazedViT.named(args.vit, seed=args.seed)
+  else:
+    try:
+      vit = gv.GazedViT.from_pretrained(args.vit)
+    except (ValueError, OSError) as e:
+      raise SystemExit(f"error: --vit={args.vit}: {e}")
+  thr = None if np.isnan(args.task_loss_requirement) else args.task_loss_requirement
+  try:
+    rep = gv.gaze_then_vit(model, vit, frames, args.gazing_ratio, thr, batch_tiles=args.batch_tiles, gaze_result=res)
+  except ValueError as e:
+    raise SystemExit(f"error: --vit: {e}")
+  tm = rep["timings"]
+  with open(os.path.join(args.out, "vit.json"), "w") as f:
+    json.dump(_jsonable({k: rep[k] for k in ("capacity", "tiles", "kept_tokens", "vit_tokens", "full_tokens")}
+                        | {"vit": args.vit, "timings": tm}), f)
+  print(f"vit {args.vit}: {rep['kept_tokens']} gazed tokens ({rep['capacity']} slots/frame) vs {rep['full_tokens']} "
+        f"tokens of the full-token ViT on the same {rep['tiles']} tiles; gazed ViT {tm['vit_s']:.3f}s vs full-token "
+        f"ViT {tm['full_vit_s']:.3f}s -> {tm['speedup']:.2f}x")
 
 
 def viz_overlay(frames, res, model, layout, viz):

@@ -638,7 +638,7 @@ def _timed_batches(fn, batches, repeats: int):
 def gaze_then_vit(gaze_model, vit: GazedViT, frames_uint8, gazing_ratio: float | None = 0.75,
                   task_loss_requirement: float | None = 0.7, *, batch_tiles: int | None = None,
                   capacity: int | None = None, repeats: int = 1, compare_full: bool = True,
-                  gaze_kw: dict | None = None) -> dict:
+                  gaze_kw: dict | None = None, gaze_result: dict | None = None) -> dict:
   """AutoGaze picks patches, the gazed ViT embeds only those; timed against the full-token ViT.
 
   The video (uint8 (T, H, W, 3), any size/length) is gazed by `gaze_model.gaze` (16 x 224 x 224 tiles),
@@ -647,6 +647,7 @@ def gaze_then_vit(gaze_model, vit: GazedViT, frames_uint8, gazing_ratio: float |
   every video of that gaze-ratio bucket), `batch_tiles` tiles per call, pooling over real slots only.
   The full-token ViT (`plain_forward`, all finest patches of every tile frame) runs on the same tiles.
   Timings exclude compilation (each path runs once untimed, then `repeats` timed passes, median).
+  `gaze_result`: an earlier `gaze_model.gaze(frames_uint8, ...)` result to reuse (not re-gazed, gaze_s = 0).
 
   Returns {"gaze": the `gaze_model.gaze` result, "capacity", "tiles": n,
     "kept_tokens": real gazed tokens (all tiles), "vit_tokens": slots the gazed ViT computed,
@@ -663,8 +664,8 @@ def gaze_then_vit(gaze_model, vit: GazedViT, frames_uint8, gazing_ratio: float |
     raise ValueError(f"the gaze model's id space {gaze_layout} differs from the ViT's {lay}; use a ViT with "
                      f"scales {gaze_layout.scales} / patch {gaze_layout.patch_size}")
   t0 = time.perf_counter()
-  res = gaze_model.gaze(frames_uint8, gazing_ratio, task_loss_requirement, batch_tiles=batch_tiles,
-                        **(gaze_kw or {}))
+  res = gaze_result if gaze_result is not None else gaze_model.gaze(
+      frames_uint8, gazing_ratio, task_loss_requirement, batch_tiles=batch_tiles, **(gaze_kw or {}))
   gaze_s = time.perf_counter() - t0
   tiling = res["tiling"]
   if tiling.tile != vit.cfg.scales[-1]:
