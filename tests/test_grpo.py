@@ -1,0 +1,109 @@
+"""GRPO step vs the official one (tests/fixtures/grpo_tiny, PROVENANCE.md `grpo_tiny/`).
+
+The stored rollouts and reconstructed frames are fed in (torch's sampler RNG cannot be reproduced);
+everything downstream is ours: teacher-forced log-probs, VideoMAE rewards and targets, advantages,
+losses, gradients summed over the two micro-steps, and the SGD update."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from autogaze_jax import AutoGaze
+from autogaze_jax.algorithms.grpo import discounted_advantages, grpo_losses, policy_loss_fn
+from autogaze_jax.interop.hf import params_to_official
+from autogaze_jax.interop.videomae import load_checkpoint
+from autogaze_jax.losses import reconstruction_task
+from conftest import FIXTURES
+
+G, GAMMA = 4, 0.995
+
+
+@pytest.fixture(scope="module")
+def setup():
+  gaze = AutoGaze.from_pretrained(os.path.join(FIXTURES, "gaze_tiny"))
+  _, mg, mp, _ = load_checkpoint(os.path.join(FIXTURES, "videomae_tiny"))
+  pv = np.load(os.path.join(FIXTURES, "gaze_tiny", "input_clip.npz"))["pixel_values"]
+  steps = [np.load(os.path.join(FIXTURES, "grpo_tiny", f"microstep{i}.npz")) for i in range(2)]
+  videos = [pv, pv[..., ::-1]]  # micro-step 1 = the mirrored clip
+  return gaze, mg, mp, steps, videos
+
+
+def _task(mg, mp, video, ms):
+  rows = jnp.asarray(np.tile(video, (G, 1, 1, 1, 1)))
+  counts = tuple(int(n) for n in ms["num_gazing_each_frame"])
+  return rows, counts, reconstruction_task(mg, mp, rows, jnp.asarray(ms["gazing_pos"]), jnp.asarray(ms["if_padded_gazing"]),
+                                           jnp.asarray(ms["num_gazing_each_frame"]),
+                                           jnp.asarray(ms["frame_idx_to_reconstruct"]), static_counts=counts)
+
+
+def test_rewards_targets_advantages_losses(setup):
+  gaze, mg, mp, steps, videos = setup
+  for ms, video in zip(steps, videos):
+    rows, counts, task = _task(mg, mp, video, ms)
+    np.testing.assert_allclose(task["reward"], ms["reward"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(task["traj_len_each_reward"], ms["traj_len_each_reward"])
+    np.testing.assert_allclose(task["reconstruction_loss_each_gazing_token"], ms["task_losses"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(task["reconstruction_loss_each_gazing_token_mask"], ms["task_losses_mask"])
+    # advantages from the *stored* rewards (a 1e-6 reward error would shift them by 1e-3 relative)
+    adv = discounted_advantages(jnp.asarray(ms["reward"]), jnp.asarray(ms["traj_len_each_reward"]),
+                                jnp.asarray(ms["if_padded_gazing"]), G, GAMMA)
+    np.testing.assert_allclose(adv, ms["advantages"], rtol=1e-5, atol=1e-9)
+    out = gaze.teacher_forced(rows, ms["gazing_pos"], ms["if_padded_gazing"], counts)
+    np.testing.assert_allclose(out["log_action_probs"], ms["log_action_probs"], atol=1e-4)
+    np.testing.assert_allclose(out["task_loss_prediction"], ms["task_loss_prediction"], atol=1e-4)
+    terms = grpo_losses(jnp.asarray(ms["log_action_probs"]), jnp.asarray(ms["task_loss_prediction"]),
+                        jnp.asarray(ms["if_padded_gazing"]), adv, jnp.asarray(ms["task_losses"]),
+                        jnp.asarray(ms["task_losses_mask"]))
+    for k in ("grpo_loss", "task_loss_prediction_loss", "loss"):
+      np.testing.assert_allclose(terms[k], ms[k], rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+def _grads(setup, policy_only: bool):
+  gaze, mg, mp, steps, videos = setup
+  total = None
+  for ms, video in zip(steps, videos):
+    rows, counts, _ = _task(mg, mp, video, ms)
+    task = {"reward": jnp.asarray(ms["reward"]), "traj_len_each_reward": jnp.asarray(ms["traj_len_each_reward"]),
+            "reconstruction_loss_each_gazing_token": jnp.asarray(ms["task_losses"]),
+            "reconstruction_loss_each_gazing_token_mask": jnp.asarray(ms["task_losses_mask"])}
+
+    def f(p):
+      loss, (aux, *_) = policy_loss_fn(gaze.graphdef, p, rows, jnp.asarray(ms["gazing_pos"]),
+                                       jnp.asarray(ms["if_padded_gazing"]), counts, task, G, GAMMA,
+                                       optimize_task_loss_prediction=not policy_only)
+      return (aux["grpo_loss"] if policy_only else loss) / 2  # official: loss.mean() / grad_acc_steps
+    g = jax.grad(f)(gaze.params)
+    total = g if total is None else jax.tree.map(jnp.add, total, g)
+  return gaze, total
+
+
+def _official_names(gaze, tree):
+  return params_to_official(gaze.cfg, jax.tree.map(np.asarray, tree.to_pure_dict()))
+
+
+def test_gradients_and_sgd_update(setup):
+  gaze, grads = _grads(setup, policy_only=False)
+  ours = _official_names(gaze, grads)
+  ref = np.load(os.path.join(FIXTURES, "grpo_tiny", "grads.npz"))
+  assert sorted(ref.files) == sorted(ours)
+  for k in ref.files:
+    assert np.max(np.abs(ours[k] - ref[k])) <= 1e-4 * np.max(np.abs(ref[k])), k
+  # the official SGD(lr=5e-4) step
+  tx = optax.sgd(5e-4)
+  upd, _ = tx.update(grads, tx.init(gaze.params), gaze.params)
+  new = _official_names(gaze, optax.apply_updates(gaze.params, upd))
+  after = np.load(os.path.join(FIXTURES, "grpo_tiny", "params_after_official_step.npz"))
+  for k in after.files:
+    np.testing.assert_allclose(new[k], after[k], atol=1e-6, err_msg=k)
+
+
+def test_policy_term_gradients(setup):
+  gaze, grads = _grads(setup, policy_only=True)
+  ours = _official_names(gaze, grads)
+  ref = np.load(os.path.join(FIXTURES, "grpo_tiny", "grads_policy_term.npz"))
+  for k in ref.files:
+    assert np.max(np.abs(ours[k] - ref[k])) <= 1e-4 * np.max(np.abs(ref[k])) + 1e-12, k
+  assert not np.any(ours["gazing_model.gaze_decoder.task_loss_prediction_head.weight"])
