@@ -142,7 +142,11 @@ def run(config, workdir: str, stop_after: int | None = None) -> dict:
   it, info = algo.make_data(config, workdir)
   # ---- model + optimizer ----
   graphdef, params, frozen = algo.init(config, workdir)
-  tx, schedule = make_optimizer(config.optimizer, config.train.num_steps)
+  if isinstance(frozen, tuple):  # (graphdef, params) of a frozen model: the graphdef is static
+    info = dict(info, videomae_graphdef=frozen[0])
+    frozen = frozen[1]
+  tx, schedule = (algo.make_tx(config) if hasattr(algo, "make_tx")
+                  else make_optimizer(config.optimizer, config.train.num_steps))
 
   # ---- shard: params by rules (born sharded through a jitted init of the optimizer state) ----
   p_shard = shd.param_shardings(params, mesh)

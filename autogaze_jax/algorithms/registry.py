@@ -123,4 +123,146 @@ class NTP:
     export_gaze(graphdef, params, workdir)
 
 
-ALGORITHMS = {"ntp": NTP}
+def load_videomae(config):
+  """Frozen judge: (graphdef, params) from config.videomae.checkpoint (official task-model format), else
+  the size named by config.videomae.size at random init (with a warning: rewards are then meaningless)."""
+  from autogaze_jax.interop.videomae import load_checkpoint
+  from autogaze_jax.models.videomae import init_params
+  from autogaze_jax.videomae_config import VideoMAEConfig, tiny_videomae_config
+  if config.videomae.checkpoint:
+    _, graphdef, params, _ = load_checkpoint(config.videomae.checkpoint)
+    return graphdef, params
+  logging.warning("no config.videomae.checkpoint: using a RANDOMLY INITIALISED VideoMAE (%s)", config.videomae.size)
+  cfg = videomae_size(config.videomae.size)
+  return init_params(cfg, config.train.seed)
+
+
+def videomae_size(size: str):
+  from autogaze_jax.videomae_config import VideoMAEConfig, tiny_videomae_config
+  if size == "tiny":
+    return tiny_videomae_config()
+  if size == "small":  # the embedded default's judge: trains in minutes on a CPU
+    return tiny_videomae_config(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
+                                decoder_hidden_size=64, decoder_num_hidden_layers=2, decoder_num_attention_heads=4,
+                                decoder_intermediate_size=128, initializer_range=0.02)
+  if size == "default":
+    return VideoMAEConfig()
+  raise ValueError(f"config.videomae.size = {size!r}: choose tiny, small or default")
+
+
+class GRPO:
+  finite_keys = ("loss", "grad_norm", "reward_mean")
+  progress_keys = ("loss", "grpo_loss", "task_loss_prediction_loss", "reward_mean", "gaze_ratio", "temperature", "lr")
+  picture = None
+
+  @staticmethod
+  def validate(config):
+    from autogaze_jax.trainer import ConfigError
+    g = config.grpo
+    if g.group_size < 2:
+      raise ConfigError(f"config.grpo.group_size = {g.group_size}: GRPO needs at least 2 rollouts per video")
+    if not 1 <= g.max_tokens_per_frame <= 265:
+      raise ConfigError(f"config.grpo.max_tokens_per_frame = {g.max_tokens_per_frame} must be in 1..265")
+    if not 1 <= g.frames_to_reconstruct <= 16:
+      raise ConfigError(f"config.grpo.frames_to_reconstruct = {g.frames_to_reconstruct} must be in 1..16")
+    if not 0 < g.requirement_min <= g.requirement_max:
+      raise ConfigError(f"config.grpo.requirement_min/max = {g.requirement_min}/{g.requirement_max}: need 0 < min <= max")
+    if g.temperature_start <= 0 or g.temperature_end <= 0:
+      raise ConfigError("config.grpo.temperature_start/end must be positive")
+    videomae_size(config.videomae.size)
+
+  @staticmethod
+  def make_data(config, workdir):
+    from data_pipelines.pipeline import make_iterator
+    src = data_source(config, "train")
+    it = make_iterator(src, global_batch_size=config.data.global_batch_size, seed=config.data.seed,
+                       shuffle=config.data.shuffle, num_workers=config.data.num_workers)
+    return it, {}
+
+  @staticmethod
+  def init(config, workdir):
+    graphdef, params = init_gaze(config, config.train.seed)
+    return graphdef, params, load_videomae(config)
+
+  @staticmethod
+  def make_step(config, graphdef, tx, schedule, info):
+    import ml_collections
+    from autogaze_jax.algorithms.grpo import make_train_step
+    from data_pipelines.pipeline import normalize_on_device
+    g = ml_collections.ConfigDict(config.grpo.to_dict())
+    g.total_steps = config.train.num_steps
+    mae_graphdef = info["videomae_graphdef"]
+    inner = make_train_step(graphdef, mae_graphdef, tx, cfg=g, schedule=schedule)
+
+    def step(state, batch, rng, frozen):
+      return inner(state, {"video": normalize_on_device(batch["frames"])}, rng, frozen)
+    return step
+
+  @staticmethod
+  def device_batch(batch, mesh):
+    return put_batch(batch, mesh, ("frames",))
+
+  @staticmethod
+  def export(config, graphdef, params, workdir):
+    export_gaze(graphdef, params, workdir)
+
+
+class VideoMAETraining:
+  """Train the judge itself with random multi-scale gaze (spec 7.4, ours)."""
+  finite_keys = ("loss", "grad_norm")
+  progress_keys = ("loss", "gaze_ratio", "lr")
+  picture = None
+
+  @staticmethod
+  def validate(config):
+    videomae_size(config.videomae.size)
+
+  @staticmethod
+  def train_config(config):
+    from autogaze_jax.videomae_train import VideoMAETrainConfig
+    v = config.videomae
+    return VideoMAETrainConfig(lr=config.optimizer.lr, total_steps=config.train.num_steps,
+                               warmup_frac=config.optimizer.warmup_frac, grad_clip=config.optimizer.grad_clip or 1.0,
+                               frame0_ratio=tuple(v.frame0_ratio), other_ratio=tuple(v.other_ratio),
+                               recon_frames=v.recon_frames)
+
+  make_data = GRPO.make_data
+  device_batch = GRPO.device_batch
+
+  @staticmethod
+  def init(config, workdir):
+    from autogaze_jax.models.videomae import init_params
+    graphdef, params = (load_videomae(config) if config.videomae.checkpoint
+                        else init_params(videomae_size(config.videomae.size), config.train.seed))
+    return graphdef, params, None
+
+  @classmethod
+  def make_tx(cls, config):
+    from autogaze_jax.videomae_train import make_optimizer, schedule
+    tc = cls.train_config(config)
+    return make_optimizer(tc), schedule(tc)
+
+  @classmethod
+  def make_step(cls, config, graphdef, tx, schedule, info):
+    from autogaze_jax.algorithms.common import TrainState
+    from autogaze_jax.videomae_train import TrainState as MAEState, make_train_step
+    from data_pipelines.pipeline import normalize_on_device
+    inner = make_train_step(cls.train_config(config), graphdef, tx)
+
+    def step(state, batch, rng, frozen):
+      s = MAEState(step=state.step, params=state.params, opt_state=state.opt_state, frozen={})
+      s, m = inner(s, {"video": normalize_on_device(batch["frames"])}, rng)
+      return TrainState(step=s.step, params=s.params, opt_state=s.opt_state), m
+    return step
+
+  @staticmethod
+  def export(config, graphdef, params, workdir):
+    from flax import nnx
+    from autogaze_jax.interop.videomae import save_checkpoint
+    cfg = nnx.merge(graphdef, params).cfg
+    save_checkpoint(os.path.join(workdir, "export"), cfg, jax.tree.map(np.asarray, params.to_pure_dict())
+                    if hasattr(params, "to_pure_dict") else params)
+    logging.info("exported the VideoMAE (official task-model format) to %s", os.path.join(workdir, "export"))
+
+
+ALGORITHMS = {"ntp": NTP, "grpo": GRPO, "videomae": VideoMAETraining}

@@ -1,0 +1,46 @@
+"""GRPO post-training (paper recipe; spec training.md 3 and 7.2).
+
+  python -m launch.train --config=configs/grpo.py --workdir=runs/grpo \
+      --config.model.init=runs/ntp/export --config.videomae.checkpoint=/ckpt/videomae
+  python -m launch.train --config=configs/grpo.py:smoke --workdir=runs/grpo_smoke
+
+Recipe: start from the NTP export, group size 12, discount 0.995, 1 epoch, ratio cap 0.75 (198 tokens
+per frame), per-frame budget from a reference rollout stopped at tau ~ U(0.5, 1.0), sampling temperature
+3 -> 0.3 (exponential over the run) with HF's top-k 50, reward = -reconstruction loss of 2 random frames,
+advantages centred per group without std normalisation, no KL/clipping, task-loss head trained.
+Optimizer: the official trainer falls back to plain SGD with linear warmup (10%) then linear decay to 0
+(so lr(0) = 0); that is our default for parity. Variant `adam` switches to Adam (lr 5e-5 constant).
+Unlike the official script (2 videos x 32 accumulation, which trips its own B == 1 assertion), any
+per-device batch works here: budgets are per video.
+Variants: smoke (tiny gaze model + small judge on the embedded dataset, minutes on a CPU), adam.
+"""
+from configs import common
+
+
+def get_config(arg=None):
+  a = common.parse_arg(arg, smoke=False, adam=False, steps=0, batch=0)
+  c = common.mlc.ConfigDict()
+  c.algorithm = "grpo"
+  c.mesh = common.mesh_config()
+  c.model = common.model_config("tiny" if a.smoke else "default")
+  c.data = common.data_config(2 if a.smoke else 64)
+  c.optimizer = common.optimizer_config("sgd", 5e-4, "linear_w_warmup", 0.0)
+  c.train = common.train_config(30 if a.smoke else 13_300)
+  c.train.log_every = 5 if a.smoke else 20
+  c.train.ckpt_every = 10 if a.smoke else 500
+  c.grpo = common.mlc.ConfigDict({
+      "group_size": 4 if a.smoke else 12, "discount_factor": 0.995, "max_tokens_per_frame": 26 if a.smoke else 198,
+      "tokens_per_step": 10, "top_k": 50, "requirement_min": 0.5, "requirement_max": 1.0,
+      "temperature_start": 3.0, "temperature_end": 0.3, "frames_to_reconstruct": 2,
+      "optimize_task_loss_prediction": True})
+  c.videomae = common.mlc.ConfigDict({"checkpoint": "", "size": "small" if a.smoke else "default"})
+  if a.smoke:
+    c.data.synthetic_num_clips = 40
+    c.optimizer.lr = 5e-3
+  if a.adam:
+    c.optimizer = common.optimizer_config("adam", 5e-5, "constant", 0.0)
+  if a.steps:
+    c.train.num_steps = a.steps
+  if a.batch:
+    c.data.global_batch_size = a.batch
+  return c
