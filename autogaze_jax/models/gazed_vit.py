@@ -172,102 +172,103 @@ NAMED = {
 
 
 # ---------------------------------------------------------------- params (NNX modules, HF-mirroring names)
-def _xavier(rngs, din, dout):
+# Random init draws from a seeded numpy Generator: the ~40 distinct jax.random shapes would each
+# compile a program (5 s for the tiny config on CPU), numpy is instant and just as deterministic.
+def _param(a) -> nnx.Param:
+  return nnx.Param(jnp.asarray(np.asarray(a, np.float32)))
+
+
+def _xavier(rng, din, dout, shape=None):
   lim = math.sqrt(6.0 / (din + dout))
-  return nnx.Param(jax.random.uniform(rngs.params(), (din, dout), jnp.float32, -lim, lim))
+  return _param(rng.uniform(-lim, lim, size=shape or (din, dout)))
 
 
 class Dense(nnx.Module):
   """kernel (in, out) = HF weight.T; bias (out,)."""
 
-  def __init__(self, din, dout, rngs, init="xavier", bias_std=0.0):
+  def __init__(self, din, dout, rng, init="xavier", bias_std=0.0):
     if init == "xavier":
-      self.kernel = _xavier(rngs, din, dout)
+      self.kernel = _xavier(rng, din, dout)
     else:  # lecun normal, the HF default for nn.Linear / nn.Conv2d
-      self.kernel = nnx.Param(jax.random.normal(rngs.params(), (din, dout), jnp.float32) / math.sqrt(din))
-    b = jnp.zeros((dout,), jnp.float32)
-    if bias_std:
-      b = bias_std * jax.random.normal(rngs.params(), (dout,), jnp.float32)
-    self.bias = nnx.Param(b)
+      self.kernel = _param(rng.normal(size=(din, dout)) / math.sqrt(din))
+    self.bias = _param(bias_std * rng.normal(size=(dout,)) if bias_std else np.zeros((dout,)))
 
 
 class LayerNorm(nnx.Module):
   def __init__(self, dim):
-    self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
-    self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
+    self.scale = _param(np.ones((dim,)))
+    self.bias = _param(np.zeros((dim,)))
 
 
 class Attention(nnx.Module):
-  def __init__(self, d, rngs):
-    self.q_proj, self.k_proj, self.v_proj, self.out_proj = (Dense(d, d, rngs) for _ in range(4))
+  def __init__(self, d, rng):
+    self.q_proj, self.k_proj, self.v_proj, self.out_proj = (Dense(d, d, rng) for _ in range(4))
 
 
 class MLP(nnx.Module):
-  def __init__(self, d, f, rngs):
-    self.fc1 = Dense(d, f, rngs, bias_std=1e-6)
-    self.fc2 = Dense(f, d, rngs, bias_std=1e-6)
+  def __init__(self, d, f, rng):
+    self.fc1 = Dense(d, f, rng, bias_std=1e-6)
+    self.fc2 = Dense(f, d, rng, bias_std=1e-6)
 
 
 class EncoderLayer(nnx.Module):
   """HF SiglipEncoderLayer: pre-LN attention + pre-LN tanh-GELU MLP."""
 
-  def __init__(self, cfg: GazedViTConfig, rngs):
+  def __init__(self, cfg: GazedViTConfig, rng):
     self.layer_norm1 = LayerNorm(cfg.hidden_size)
-    self.self_attn = Attention(cfg.hidden_size, rngs)
+    self.self_attn = Attention(cfg.hidden_size, rng)
     self.layer_norm2 = LayerNorm(cfg.hidden_size)
-    self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, rngs)
+    self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, rng)
 
 
 class Embeddings(nnx.Module):
   """patch_embedding.kernel is the conv weight flattened in (c, ky, kx) order: (C*p*p, D)."""
 
-  def __init__(self, cfg: GazedViTConfig, rngs):
-    self.patch_embedding = Dense(cfg.patch_dim, cfg.hidden_size, rngs, init="lecun")
-    self.position_embedding = nnx.Param(
-        jax.random.normal(rngs.params(), (cfg.num_positions, cfg.hidden_size), jnp.float32)
-        / math.sqrt(cfg.hidden_size))
+  def __init__(self, cfg: GazedViTConfig, rng):
+    self.patch_embedding = Dense(cfg.patch_dim, cfg.hidden_size, rng, init="lecun")
+    self.position_embedding = _param(rng.normal(size=(cfg.num_positions, cfg.hidden_size))
+                                     / math.sqrt(cfg.hidden_size))
 
 
 class PoolAttention(nnx.Module):
   """torch.nn.MultiheadAttention: in_proj.kernel (D, 3D) = in_proj_weight.T ([q | k | v] columns)."""
 
-  def __init__(self, d, rngs):
-    self.in_proj = Dense(d, 3 * d, rngs)
-    self.out_proj = Dense(d, d, rngs, init="lecun")
+  def __init__(self, d, rng):
+    self.in_proj = Dense(d, 3 * d, rng)
+    self.out_proj = Dense(d, d, rng, init="lecun")
 
 
 class PoolingHead(nnx.Module):
   """HF SiglipMultiheadAttentionPoolingHead."""
 
-  def __init__(self, cfg: GazedViTConfig, rngs):
+  def __init__(self, cfg: GazedViTConfig, rng):
     d = cfg.hidden_size
-    lim = math.sqrt(6.0 / (2 * d))
-    self.probe = nnx.Param(jax.random.uniform(rngs.params(), (1, 1, d), jnp.float32, -lim, lim))
-    self.attention = PoolAttention(d, rngs)
+    self.probe = _xavier(rng, d, d, shape=(1, 1, d))
+    self.attention = PoolAttention(d, rng)
     self.layernorm = LayerNorm(d)
-    self.mlp = MLP(d, cfg.intermediate_size, rngs)
+    self.mlp = MLP(d, cfg.intermediate_size, rng)
 
 
 class VisionTransformer(nnx.Module):
   """HF SiglipVisionTransformer params (embeddings, encoder layers, post_layernorm, optional head)."""
 
-  def __init__(self, cfg: GazedViTConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: GazedViTConfig, rng: np.random.Generator):
     self.cfg = cfg
-    self.embeddings = Embeddings(cfg, rngs)
-    self.layers = nnx.List([EncoderLayer(cfg, rngs) for _ in range(cfg.num_hidden_layers)])
+    self.embeddings = Embeddings(cfg, rng)
+    self.layers = nnx.List([EncoderLayer(cfg, rng) for _ in range(cfg.num_hidden_layers)])
     self.post_layernorm = LayerNorm(cfg.hidden_size)
     if cfg.use_head:
-      self.head = PoolingHead(cfg, rngs)
+      self.head = PoolingHead(cfg, rng)
 
 
 def init_params(cfg: GazedViTConfig, seed: int = 0):
-  """(graphdef, params State) of a randomly initialised model (HF SigLIP init scheme)."""
-  return nnx.split(VisionTransformer(cfg, nnx.Rngs(seed)), nnx.Param)
+  """(graphdef, params State) of a randomly initialised model (HF SigLIP init scheme, numpy RNG)."""
+  return nnx.split(VisionTransformer(cfg, np.random.default_rng(seed)), nnx.Param)
 
 
 def abstract_params(cfg: GazedViTConfig):
   """(graphdef, params State of ShapeDtypeStructs): no allocation."""
-  return nnx.split(nnx.eval_shape(lambda: VisionTransformer(cfg, nnx.Rngs(0))), nnx.Param)
+  return nnx.split(nnx.eval_shape(lambda: VisionTransformer(cfg, np.random.default_rng(0))), nnx.Param)
 
 
 # ---------------------------------------------------------------- embeddings
