@@ -101,6 +101,8 @@ def main():
   ap.add_argument("--dtype", default="float32")
   ap.add_argument("--remat", default="block")
   ap.add_argument("--runs", type=int, default=3)
+  ap.add_argument("--only", default="", help="run only default-config cases whose name contains this")
+  ap.add_argument("--skip-tiny", action="store_true")
   args = ap.parse_args()
   base = json.load(open(BASELINE)) if os.path.exists(BASELINE) else {}
   peak = matmul_peak(jnp.dtype(args.dtype))
@@ -121,7 +123,7 @@ def main():
 
   tiny = tiny_videomae_config(dtype=args.dtype)
   g, p = init_params(tiny)
-  for mode in ("forward", "forward_backward"):
+  for mode in () if args.skip_tiny else ("forward", "forward_backward"):
     record("tiny", run_case(tiny, p, g, 2, 0.1, 16, mode, args.runs, True))
 
   cfg = VideoMAEConfig(dtype=args.dtype, remat=args.remat, loss_type=("l1",), loss_weights=(1.0,))
@@ -133,6 +135,8 @@ def main():
               ("forward_backward", 1, 0.1, 2, True), ("forward_backward", 1, 1.0, 2, args.heavy),
               ("forward_backward", 4, 0.1, 2, args.heavy), ("forward_backward", 4, 1.0, 2, args.heavy)]
   for mode, b, ratio, r, execute in cases:
+    if args.only not in f"{mode}_b{b}_ratio{ratio}_R{r}":
+      continue
     record("default", run_case(cfg, p, g, b, ratio, r, mode, 1 if b * ratio > 1 else args.runs, execute))
   out["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
   print(json.dumps(out, indent=1))
