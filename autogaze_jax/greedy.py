@@ -316,6 +316,11 @@ def greedy_step(graphdef, params, perceptual, video, prefix, t, clip_ids, st: Fr
   return FrameState(own_ids, own_loss, n, new_loss, done, best, stall, st.step + 1), jnp.int32(n_evals)
 
 
+# static: the model structure, the search settings, the slot count and the mesh; jax's own compile cache
+# then shares programs between labelers built with equal settings
+_greedy_step_jit = jax.jit(greedy_step, static_argnames=("graphdef", "gcfg", "n_slots", "mesh"))
+
+
 # ---------------------------------------------------------------- search over clips
 def _prefix_arrays(labels: Sequence[list[list[int]]], t: int, num_frames: int, width: int):
   """Host: packed earlier-frame global ids of each clip -> (ids (B,width) int32, plen (B,), counts (B,T))."""
@@ -336,7 +341,7 @@ class GreedyLabeler:
     labeler = GreedyLabeler(graphdef, params, GreedyConfig(budget=26), perceptual=None, mesh=None)
     labels = labeler.label(video, clip_ids)   # video (B,T,3,224,224) task space -> [ClipLabel] * B
 
-  `step` is the jitted `greedy_step` (one compile per (B, T, P, C) shape); `evals` counts the
+  `step` is the jitted `greedy_step` (one compile per (B, T, N) shape); `evals` counts the
   candidate-set evaluations run so far (all clips, masked ones included: that is the compute spent).
   """
 
@@ -344,11 +349,11 @@ class GreedyLabeler:
     self.graphdef, self.params, self.gcfg, self.mesh = graphdef, params, gcfg, mesh
     self.perceptual = dict(perceptual or {})
     self.cfg = nnx.merge(graphdef, params).cfg
-    self.step = jax.jit(functools.partial(greedy_step, graphdef, gcfg=gcfg, mesh=mesh), static_argnames=("n_slots",))
+    self.step = functools.partial(_greedy_step_jit, graphdef=graphdef, gcfg=gcfg, mesh=mesh)
     self.evals = 0
     self.steps = 0
     v = self.cfg.tokens_per_frame
-    if gcfg.num_candidates > v:
+    if gcfg.candidates == "random" and gcfg.num_candidates > v:
       raise ValueError(f"GreedyConfig.num_candidates = {gcfg.num_candidates} > {v} tokens per frame")
     if gcfg.candidates == "coarse_to_fine":
       cells = (self.cfg.scales[-2] // self.cfg.patch_size) ** 2
@@ -375,7 +380,8 @@ class GreedyLabeler:
       while not done_host.all():
         need = int((plen + n_host)[~done_host].max()) + g.k_per_step
         n_slots = _round_up(need, g.slot_bucket)
-        st, ne = self.step(self.params, self.perceptual, video, prefix, jnp.int32(t), clip_ids, st, n_slots=n_slots)
+        st, ne = self.step(params=self.params, perceptual=self.perceptual, video=video, prefix=prefix,
+                           t=jnp.int32(t), clip_ids=clip_ids, st=st, n_slots=n_slots)
         ne = int(ne)
         evals += ne
         self.evals += ne * b
@@ -390,20 +396,30 @@ class GreedyLabeler:
 
 
 # ---------------------------------------------------------------- evaluation helpers
-def loss_of_selection(graphdef, params, video, gazing_pos: Sequence[Sequence[int]], perceptual=None) -> np.ndarray:
+def loss_of_selection(graphdef, params, video, gazing_pos: Sequence[Sequence[int]], perceptual=None,
+                      capacity: int | None = None) -> np.ndarray:
   """Per-frame losses (T,) of one clip's fixed selection (global ids per frame): frame t reconstructed
-  alone (R = {t}, the greedy objective) from the natural layout (all frames' tokens, no packing).
+  alone (R = {t}, the greedy objective) from the official collation layout (frames in order, each
+  padded to `capacity` slots, default its longest frame), independent of the search's packing.
   video (T,3,224,224) task space; gazing_pos: T lists of global ids (frame t's in [265t, 265t+265))."""
   video = jnp.asarray(video, jnp.float32)[None]
-  counts = jnp.asarray([len(f) for f in gazing_pos], jnp.int32)
-  gp = jnp.asarray([x for f in gazing_pos for x in f], jnp.int32)[None]
-  return np.asarray(_selection_losses(graphdef, params, perceptual or {}, video, gp, counts))
+  cap = capacity or max(1, max(len(f) for f in gazing_pos))
+  gp = np.zeros((1, len(gazing_pos) * cap), np.int32)
+  pad = np.ones(gp.shape, bool)
+  for t, f in enumerate(gazing_pos):
+    if len(f) > cap:
+      raise ValueError(f"frame {t} has {len(f)} ids > capacity {cap}")
+    gp[0, t * cap:t * cap + len(f)] = f
+    pad[0, t * cap:t * cap + len(f)] = False
+  counts = jnp.full((len(gazing_pos),), cap, jnp.int32)
+  return np.asarray(_selection_losses(graphdef, params, perceptual or {}, video, jnp.asarray(gp), jnp.asarray(pad),
+                                      counts))
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _selection_losses(graphdef, params, perceptual, video, gp, counts):
+def _selection_losses(graphdef, params, perceptual, video, gp, pad, counts):
   def one(r):
-    out = reconstruction_task(graphdef, params, video, gp, jnp.zeros(gp.shape, bool), counts, r[None], perceptual)
+    out = reconstruction_task(graphdef, params, video, gp, pad, counts, r[None], perceptual)
     return out["loss_each_reconstruction_frame"][0, 0]
   return jax.lax.map(one, jnp.arange(video.shape[1], dtype=jnp.int32))
 
@@ -717,9 +733,11 @@ def run(config, workdir: str) -> dict | None:
 
 def label_embedded(num_clips: int, workdir: str, gcfg: GreedyConfig = GreedyConfig(budget=8, tau=0.0), *,
                    videomae_checkpoint: str = "", num_frames: int = 16, clips_per_batch: int = 2,
-                   synthetic_num_clips: int = 40, split: str = "train", mesh=None) -> str:
+                   synthetic_num_clips: int = 40, split: str = "train", mesh=None,
+                   stop_after_batches: int | None = None) -> str:
   """Label the first `num_clips` clips of the embedded synthetic dataset into `workdir/gazing_labels.json`
-  (resumable); returns its path. Without a checkpoint the tiny random-weight fixture is used (warned)."""
+  (resumable: call again after a kill); returns its path. Without a checkpoint the tiny random-weight
+  fixture is used (warned). `stop_after_batches` stops early without merging (a kill, for tests)."""
   from data_pipelines import ops
   from data_pipelines.pipeline import make_source
   cfg, graphdef, params, perceptual = load_videomae(videomae_checkpoint, "tiny")
@@ -729,5 +747,6 @@ def label_embedded(num_clips: int, workdir: str, gcfg: GreedyConfig = GreedyConf
           "greedy": dataclasses.asdict(gcfg), "dtype": cfg.dtype, "num_frames": num_frames,
           "videomae_checkpoint": videomae_checkpoint or "(tiny fixture)"}
   label_dataset(GreedyLabeler(graphdef, params, gcfg, perceptual, mesh), src.load, keys, workdir, meta=meta,
-                num_frames=num_frames, clips_per_batch=clips_per_batch, process_index=0, process_count=1)
+                num_frames=num_frames, clips_per_batch=clips_per_batch, process_index=0, process_count=1,
+                stop_after_batches=stop_after_batches)
   return os.path.join(workdir, LABELS_NAME)
