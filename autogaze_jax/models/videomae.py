@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from autogaze_jax.models.layers import dense, layer_norm, segment_attention
+from autogaze_jax.models.layers import dense, layer_norm
+from autogaze_jax.models.segment_attention import segment_attention
 from autogaze_jax.resize import bicubic_matrix, resize_bicubic
 from autogaze_jax.videomae_config import VideoMAEConfig
 
