@@ -104,6 +104,22 @@ def test_static_counts_same_outputs():
   np.testing.assert_allclose(np.asarray(out["reconstruction"]), ref["reconstruction"], atol=1e-5)
 
 
+def test_remat_scan_same_outputs_and_grads():
+  """remat='block' (scan over stacked blocks) computes what the unrolled remat='none' path does."""
+  video, pos, pad, cnt = _inputs()
+  frames = np.array([3])
+  res = []
+  for remat in ("none", "block"):
+    cfg = tiny_videomae_config(remat=remat)
+    g, p = init_params(cfg, seed=4)
+    f = jax.jit(jax.value_and_grad(lambda q: jnp.mean(reconstruction_task(
+        g, q, video[:, :4], pos[:, :int(cnt[:4].sum())], pad[:, :int(cnt[:4].sum())], cnt[:4], frames)["loss_mean"])))
+    res.append(f(p))
+  np.testing.assert_allclose(float(res[0][0]), float(res[1][0]), rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(res[0][1]), jax.tree.leaves(res[1][1])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
 # ---------------------------------------------------------------- sharding
 @pytest.mark.parametrize("data,fsdp", [(2, 4)])
 def test_sharded_equals_single_device(data, fsdp):

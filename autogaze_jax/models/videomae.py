@@ -163,13 +163,20 @@ def _block(w, x, q_seg, k_valid, self_edge, *, heads, eps, dtype, attn_impl, att
 
 
 def _run_blocks(cfg: VideoMAEConfig, layers, x, q_seg, k_valid, self_edge, heads, groups=None):
-  fn = lambda w, x, s, kv, se: _block(w, x, s, kv, se, heads=heads, eps=cfg.layer_norm_eps,  # noqa: E731
-                                       dtype=cfg.jnp_dtype, attn_impl=cfg.attn_impl, attn_block=cfg.attn_block,
-                                       groups=groups)
-  if cfg.remat != "none":
-    fn = jax.checkpoint(fn, policy=_REMAT_POLICIES[cfg.remat])
-  for layer in layers:
-    x = fn(_block_arrays(layer), x, q_seg, k_valid, self_edge)
+  """The transformer blocks. With remat, a `lax.scan` over stacked block weights: in an unrolled loop
+  XLA (CPU) schedules every layer's recomputation early and remat saves nothing (measured at L=4241:
+  0.6 GB kept per layer, vs 0.08 GB with the scan)."""
+  fn = lambda w, x: _block(w, x, q_seg, k_valid, self_edge, heads=heads, eps=cfg.layer_norm_eps,  # noqa: E731
+                           dtype=cfg.jnp_dtype, attn_impl=cfg.attn_impl, attn_block=cfg.attn_block,
+                           groups=groups)
+  ws = [_block_arrays(layer) for layer in layers]
+  if cfg.remat == "none" or not ws:
+    for w in ws:
+      x = fn(w, x)
+    return x
+  fn = jax.checkpoint(fn, policy=_REMAT_POLICIES[cfg.remat])
+  stacked = jax.tree.map(lambda *a: jnp.stack(a), *ws)
+  x, _ = jax.lax.scan(lambda h, w: (fn(w, h), None), x, stacked)
   return x
 
 
