@@ -24,7 +24,8 @@ Variants (`GreedyConfig`; each changes the labels slightly, the variant name goe
   candidates="all"             exact greedy: all 265 ids, chosen ones masked.
   candidates="random"          `num_candidates` random unchosen ids per step (stochastic greedy).
   candidates="coarse_to_fine"  evaluate every coarser-scale id (32/64/112: 69), then only the 224-scale
-                               children of the `c2f_top` best unchosen 112-scale cells (4 each).
+                               children of the `c2f_top` best 112-scale cells by single-add loss (4
+                               each; an already chosen cell scores the current loss, so it ranks last).
   k_per_step > 1               chunked additions: add the k best single-add candidates at once (by
                                single-add loss), then evaluate the k-1 longer prefixes so every recorded
                                loss is the exact loss of its prefix; stops inside the chunk as usual.
@@ -48,7 +49,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import flax.struct
 import jax
