@@ -5,7 +5,8 @@
 Prints one JSON object. Cases: default (vit-mae-large-sized) config at batch 1/4, gaze ratio 0.1/1.0,
 R = 2 or 16 reconstructed frames, 16 frames of 224x224; and the tiny fixture config. Each case is
 AOT-compiled first (`compile_s`, XLA `memory_analysis`: `peak_mb` = arguments + outputs + temporaries,
-`flops` from `cost_analysis`), then timed (median of `--runs` after one warm-up). Cases too slow for
+`flops` from `cost_analysis`; with remat the blocks run in a `lax.scan` whose body XLA counts once, so
+`gflop`/`gflops_per_s` of remat cases are undercounted by about the layer count), then timed (median of `--runs` after one warm-up). Cases too slow for
 a 2-core CPU are compiled only. "forward" runs as the reward does (traced per-frame counts);
 "forward_backward" as `videomae_train` does (static counts: block-causal skipping in the encoder). Cases too slow for
 a 2-core CPU are compiled only (memory, FLOPs) unless `--heavy`. `vs_official` = official time / ours
