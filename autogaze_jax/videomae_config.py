@@ -17,7 +17,7 @@ from typing import Any
 
 DTYPES = ("float32", "bfloat16")
 REMAT = ("none", "block", "dots")          # jax.checkpoint per transformer block: off / full / save matmuls
-ATTN_IMPLS = ("chunked", "dot_product")    # see models/layers.py:segment_attention
+ATTN_IMPLS = ("chunked", "dot_product")    # see models/segment_attention.py
 LOSS_TERMS = ("l1", "dinov2_reg", "siglip2")
 
 
