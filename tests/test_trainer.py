@@ -98,3 +98,33 @@ def test_config_validation(tmp_path, key, value, match):
 def test_unknown_config_argument():
   with pytest.raises(ValueError, match="unknown config argument 'smok'"):
     ntp_cfg.get_config("smok")
+
+
+def test_export_cli_from_checkpoint_equals_final_export(uninterrupted, tmp_path):
+  from launch.export import export
+  wd, _ = uninterrupted
+  out = export(wd, str(tmp_path / "exp"))
+  a, b = _params(wd), jax.tree.map(np.asarray, AutoGaze.from_pretrained(out).pure_params())
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  with pytest.raises(SystemExit, match="no config.json"):
+    export(str(tmp_path), str(tmp_path / "x"))
+
+
+def test_ntp_losses_match_official_fixture():
+  from autogaze_jax.algorithms.ntp import ntp_losses
+  from conftest import FIXTURES
+  tiny = os.path.join(FIXTURES, "gaze_tiny")
+  ref = np.load(os.path.join(tiny, "teacher_forced.npz"))
+  pv = np.load(os.path.join(tiny, "input_clip.npz"))["pixel_values"]
+  m = AutoGaze.from_pretrained(tiny)
+  out = m.teacher_forced(np.concatenate([pv, pv[..., ::-1]]), ref["label_gazing_pos"], ref["label_if_padded_gazing"],
+                         ref["label_num_gazing_each_frame"])
+  got = ntp_losses(out["log_action_probs"], out["task_loss_prediction"], ref["label_if_padded_gazing"],
+                   ref["label_task_losses"])
+  for k in ("ntp_loss", "task_loss_prediction_loss", "loss"):
+    np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-5, err_msg=k)
+  # the official normaliser is the batch-average real-token count, not the per-sample count
+  per_sample = -np.sum(np.asarray(out["log_action_probs"]) * ~ref["label_if_padded_gazing"], 1) / np.sum(
+      ~ref["label_if_padded_gazing"], 1)
+  assert np.max(np.abs(per_sample - ref["ntp_loss"])) > 0.1

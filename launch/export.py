@@ -1,0 +1,75 @@
+"""Export a training run's gaze model to the official format (config.json + model.safetensors).
+
+  python -m launch.export --workdir=runs/ntp --out=exports/ntp [--step=N]
+
+Reads the run's config (WORKDIR/config.json) and its latest (or --step) orbax checkpoint, and writes a
+checkpoint that `AutoGaze.from_pretrained` here and the official `AutoGaze.from_pretrained` load.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "training workdir (has config.json and checkpoints/)")
+_OUT = flags.DEFINE_string("out", None, "output directory")
+_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)")
+
+
+def export(workdir: str, out: str, step: int | None = None) -> str:
+  import jax
+  import ml_collections
+  import orbax.checkpoint as ocp
+  from autogaze_jax.algorithms.common import TrainState
+  from autogaze_jax.algorithms.registry import ALGORITHMS, export_gaze, gaze_config
+  from autogaze_jax.autogaze import abstract_params
+  cfg_path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(cfg_path):
+    raise SystemExit(f"error: {workdir} has no config.json (not a launch.train workdir)")
+  config = ml_collections.ConfigDict(json.load(open(cfg_path)))
+  if config.algorithm not in ("ntp", "grpo"):
+    raise SystemExit(f"error: {workdir} trained {config.algorithm!r}; only gaze-model runs (ntp, grpo) export here")
+  mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), item_names=("state", "data"))
+  step = step if step is not None else mngr.latest_step()
+  if step is None:
+    raise SystemExit(f"error: no checkpoint in {workdir}/checkpoints")
+  if config.model.init:  # the architecture of the init checkpoint
+    from autogaze_jax.interop.hf import read_config
+    gcfg = read_config(config.model.init)
+  else:
+    gcfg = gaze_config(config)
+  graphdef, abstract = abstract_params(gcfg)
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))["state"]
+  params = restored["params"] if isinstance(restored, dict) else restored.params
+  from autogaze_jax.autogaze import params_from_pure_dict
+  pure = jax.tree.map(lambda x: x, params)
+  _, state = params_from_pure_dict(gcfg, _strip_values(pure))
+  export_gaze(graphdef, state, os.path.dirname(os.path.abspath(out)) or ".", os.path.basename(os.path.abspath(out)))
+  mngr.close()
+  return out
+
+
+def _strip_values(tree):
+  """orbax restores nnx.State leaves as {'value': array} dicts: unwrap them to a pure dict."""
+  if isinstance(tree, dict):
+    if set(tree) == {"value"}:
+      return tree["value"]
+    return {(int(k) if isinstance(k, str) and k.isdigit() else k): _strip_values(v) for k, v in tree.items()}
+  return tree
+
+
+def main(argv):
+  del argv
+  logging.getLogger().setLevel(logging.INFO)
+  for noisy in ("orbax", "absl"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  if not _WORKDIR.value or not _OUT.value:
+    raise app.UsageError("--workdir and --out are required")
+  print(f"exported to {export(_WORKDIR.value, _OUT.value, _STEP.value)}")
+
+
+if __name__ == "__main__":
+  app.run(main)
