@@ -25,19 +25,21 @@ def _losses(mae, video, out, frames: int) -> np.ndarray:
   return np.asarray(res["loss_each_reconstruction_frame"])          # (B, T)
 
 
+def _gaze_and_score(model, mae, pixel_values, ratio, threshold, batch: int) -> dict:
+  """Greedy gaze at (ratio, threshold) over all clips in batches -> mean VideoMAE loss and gaze ratio."""
+  n, t = pixel_values.shape[:2]
+  losses, kept = [], []
+  for s in range(0, n, batch):
+    pv = pixel_values[s:s + batch]
+    g = model.generate(pv, ratio, threshold, generate_only=True)
+    losses.append(_losses(mae, jnp.asarray(pv), g, t))
+    kept.append(g["num_real_gazing_each_frame"] / model.cfg.num_vision_tokens_each_frame)
+  return {"loss": float(np.concatenate(losses).mean()), "gaze_ratio": float(np.concatenate(kept).mean())}
+
+
 def sweep(model, mae, pixel_values, ratios=DEFAULT_RATIOS, batch: int = 4) -> dict:
   """Mean VideoMAE loss (over clips and frames) of greedy gaze at each ratio. pixel_values (N,T,3,224,224)."""
-  n, t = pixel_values.shape[:2]
-  out = {}
-  for r in ratios:
-    losses, kept = [], []
-    for s in range(0, n, batch):
-      pv = pixel_values[s:s + batch]
-      g = model.generate(pv, r, None, generate_only=True)
-      losses.append(_losses(mae, jnp.asarray(pv), g, t))
-      kept.append(g["num_real_gazing_each_frame"] / model.cfg.num_vision_tokens_each_frame)
-    out[float(r)] = {"loss": float(np.concatenate(losses).mean()), "gaze_ratio": float(np.concatenate(kept).mean())}
-  return out
+  return {float(r): _gaze_and_score(model, mae, pixel_values, r, None, batch) for r in ratios}
 
 
 def interpolate_ratio(curve: dict, threshold: float) -> float:
@@ -58,12 +60,4 @@ def ratio_at_loss(model, mae, pixel_values, threshold: float, ratios=DEFAULT_RAT
 
 def stop_at_loss(model, mae, pixel_values, threshold: float, cap_ratio: float = 0.75, batch: int = 4) -> dict:
   """The model's own stopping rule at `threshold`: gaze ratio used and the loss actually reached."""
-  n, t = pixel_values.shape[:2]
-  losses, kept = [], []
-  for s in range(0, n, batch):
-    pv = pixel_values[s:s + batch]
-    g = model.generate(pv, cap_ratio, threshold, generate_only=True)
-    losses.append(_losses(mae, jnp.asarray(pv), g, t))
-    kept.append(g["num_real_gazing_each_frame"] / model.cfg.num_vision_tokens_each_frame)
-  return {"threshold": threshold, "gaze_ratio": float(np.concatenate(kept).mean()),
-          "loss": float(np.concatenate(losses).mean())}
+  return {"threshold": threshold, **_gaze_and_score(model, mae, pixel_values, cap_ratio, threshold, batch)}

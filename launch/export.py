@@ -63,9 +63,8 @@ def _strip_values(tree):
 
 def main(argv):
   del argv
-  logging.getLogger().setLevel(logging.INFO)
-  for noisy in ("orbax", "absl"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+  from launch.runtime import init_runtime
+  init_runtime()
   if not _WORKDIR.value or not _OUT.value:
     raise app.UsageError("--workdir and --out are required")
   print(f"exported to {export(_WORKDIR.value, _OUT.value, _STEP.value)}")

@@ -24,11 +24,8 @@ _DIST = flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize
 
 def main(argv):
   del argv
-  import jax
-  if _DIST.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()
-  jax.config.update("jax_default_matmul_precision", "highest")  # fp32 judge on GPUs (no TF32)
-  logging.getLogger().setLevel(logging.INFO)
+  from launch.runtime import init_runtime
+  init_runtime(_DIST.value)
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError("--config and --workdir are required (see --help)")
   from autogaze_jax import greedy

@@ -149,11 +149,8 @@ def print_table(result: dict):
 
 def main(argv):
   del argv
-  import jax
-  logging.getLogger().setLevel(logging.INFO)
-  for noisy in ("orbax", "absl"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
-  jax.config.update("jax_default_matmul_precision", "highest")
+  from launch.runtime import init_runtime
+  init_runtime()
   t0 = time.perf_counter()
   run(_WORKDIR.value, _SCALE.value, _THRESHOLD.value, _EVAL_CLIPS.value)
   logging.info("pipeline done in %.1f min; final model: %s/grpo/export", (time.perf_counter() - t0) / 60, _WORKDIR.value)

@@ -1,0 +1,17 @@
+"""Process setup shared by the entry points (the only place, with tests/conftest.py, that sets jax config)."""
+from __future__ import annotations
+
+import logging
+import os
+
+
+def init_runtime(distributed: bool = False) -> None:
+  """jax.distributed for multi-process runs, fp32 matmuls (no TF32 on GPUs: parity with the official
+  CPU numbers), INFO logging with orbax's per-file chatter muted."""
+  import jax
+  if distributed or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize()
+  jax.config.update("jax_default_matmul_precision", "highest")
+  logging.getLogger().setLevel(logging.INFO)
+  for noisy in ("orbax", "absl"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
