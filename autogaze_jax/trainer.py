@@ -74,6 +74,20 @@ def _devices(config):
   return jax.devices()[:n] if n else jax.devices()
 
 
+def host_local(tree):
+  """Global arrays -> numpy on this host: replicated arrays from a local copy, sharded ones gathered
+  across processes (needed once arrays span devices of several processes)."""
+  from jax.experimental import multihost_utils
+
+  def get(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return np.asarray(jax.device_get(x))
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return jax.tree.map(get, tree)
+
+
 def _match_param_shardings(opt_state, default, params, p_shard):
   """Give every optimizer leaf shaped like a param (Adam moments) that param's sharding."""
   by_shape = {}
@@ -203,7 +217,7 @@ def run(config, workdir: str, stop_after: int | None = None) -> dict:
     while step < config.train.num_steps:
       t_step = time.perf_counter()
       state, m = compiled(state, batch, frozen)
-      m = jax.device_get(jax.block_until_ready(m))
+      m = host_local(jax.block_until_ready(m))
       step += 1
       check_finite(step, m, algo.finite_keys)
       m["step_time_s"] = time.perf_counter() - t_step
@@ -227,7 +241,8 @@ def run(config, workdir: str, stop_after: int | None = None) -> dict:
     writer.close()
     if hasattr(it, "log_stats"):
       it.log_stats()
+  params = host_local(state.params)  # every process takes part in gathering sharded params
   if is_main and step >= config.train.num_steps:
-    algo.export(config, graphdef, jax.device_get(state.params), workdir)
+    algo.export(config, graphdef, params, workdir)
   mngr.close()
   return {"step": step, **{k: float(v) for k, v in metrics.items()}}

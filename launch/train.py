@@ -19,18 +19,22 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file, optionally with :arg", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and exports")
-_DIST = flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-process)")
+_DIST = flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-process, auto-detected)")
+_COORD = flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process without auto-detection)")
+_NPROC = flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator)")
+_PID = flags.DEFINE_integer("process_id", None, "this process's index (with --coordinator)")
+_STOP = flags.DEFINE_integer("stop_after", None, "leave after N steps of this run, with a checkpoint (like a preemption)")
 
 
 def main(argv):
   del argv
   from launch.runtime import init_runtime
-  init_runtime(_DIST.value)
+  init_runtime(_DIST.value, _COORD.value, _NPROC.value, _PID.value)
   from autogaze_jax import trainer
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError("--config and --workdir are required (see --help)")
   try:
-    result = trainer.run(_CONFIG.value, _WORKDIR.value)
+    result = trainer.run(_CONFIG.value, _WORKDIR.value, stop_after=_STOP.value)
   except trainer.ConfigError as e:
     raise app.UsageError(str(e))
   logging.info("done: %s", result)

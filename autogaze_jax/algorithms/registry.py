@@ -84,6 +84,9 @@ class NTP:
       keys = [src.load(i)["video_path"] if hasattr(src, "load") else src[i]["video_path"] for i in range(len(src))]
       labels_lib.write_labels(random_labels(keys, max_tokens_per_frame=config.data.max_tokens_per_frame), path)
       logging.warning("no config.data.labels: training on toy labels %s (plumbing only)", path)
+    if jax.process_count() > 1:  # the other hosts read the file process 0 just wrote
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("toy_labels")
     return path
 
   @classmethod
