@@ -7,6 +7,7 @@ and swapped without retracing.
 from __future__ import annotations
 
 import functools
+import json
 import os
 
 import jax
@@ -63,8 +64,11 @@ class AutoGaze:
   >>> model.save_pretrained("out_dir")                         # loadable by the official code
   """
 
-  def __init__(self, cfg: GazeConfig, params=None, seed: int = 0, processor: Processor | None = None):
+  def __init__(self, cfg: GazeConfig, params=None, seed: int = 0, processor: Processor | None = None,
+               preprocessor_config: dict | None = None):
     self.cfg = cfg
+    # the checkpoint's preprocessor_config.json, written back verbatim by save_pretrained
+    self.preprocessor_config = preprocessor_config
     if params is None:
       self.graphdef, self.params = init_params(cfg, seed)
     else:
@@ -82,11 +86,12 @@ class AutoGaze:
     if meta.get("format", "pt") != "pt":
       raise interop.CheckpointError(f"{ckpt_dir}: safetensors metadata format {meta.get('format')!r} is not 'pt'")
     params = interop.official_to_params(cfg, tensors)
-    return cls(cfg, params, processor=Processor.from_pretrained(ckpt_dir))
+    pre = os.path.join(ckpt_dir, interop.hf.PREPROCESSOR_NAME)
+    pre = json.load(open(pre)) if os.path.isfile(pre) else None
+    return cls(cfg, params, processor=Processor.from_pretrained(ckpt_dir), preprocessor_config=pre)
 
   def save_pretrained(self, ckpt_dir: str):
-    proc = None
-    interop.write_checkpoint(ckpt_dir, self.cfg, self.pure_params(), proc)
+    interop.write_checkpoint(ckpt_dir, self.cfg, self.pure_params(), self.preprocessor_config)
 
   def pure_params(self) -> dict:
     return jax.tree.map(np.asarray, self.params.to_pure_dict())
