@@ -48,7 +48,7 @@ def validate(config) -> None:
     raise ConfigError(f"config.mesh sizes {sizes} do not divide the {n_dev} devices")
   data = config.mesh.data if config.mesh.data != -1 else n_dev // fixed
   gb = config.data.global_batch_size
-  if gb <= 0 or gb % (data * (config.mesh.fsdp if config.mesh.fsdp != -1 else n_dev // fixed)) and gb % data:
+  if gb <= 0 or gb % data:  # the batch is split over the data axis (replicated over fsdp)
     raise ConfigError(f"config.data.global_batch_size = {gb} is not divisible by the data axis size {data}")
   if gb % jax.process_count():
     raise ConfigError(f"config.data.global_batch_size = {gb} is not divisible by {jax.process_count()} processes")
