@@ -192,7 +192,6 @@ def run(config, workdir: str, stop_after: int | None = None) -> dict:
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
     return step_fn(state, batch, rng, frozen)
 
-  data_sharding = shd.batch_sharding(mesh, 1)
   first = algo.device_batch(next(it), mesh)
   jitted = jax.jit(update, donate_argnums=(0,), out_shardings=(state_shard, None))
   t0 = time.perf_counter()
@@ -205,7 +204,6 @@ def run(config, workdir: str, stop_after: int | None = None) -> dict:
                    mem.argument_size_in_bytes / 2**20)
   except Exception:  # memory_analysis is best-effort on some backends
     pass
-  del data_sharding
 
   writer = MetricWriter(os.path.join(workdir, "tb"), enabled=is_main)
   progress = Progress(config.train.num_steps, config.train.log_every, config.data.global_batch_size,

@@ -94,7 +94,6 @@ def run(workdir: str, scale: str = "smoke", threshold: float | None = None, eval
 
 
 def evaluate(workdir, mae_dir, labels, s, threshold, n_clips) -> dict:
-  import jax
   from autogaze_jax import AutoGaze, viz
   from autogaze_jax import evaluate as ev
   from autogaze_jax.interop.videomae import load_checkpoint
@@ -133,7 +132,6 @@ def evaluate(workdir, mae_dir, labels, s, threshold, n_clips) -> dict:
   with open(os.path.join(out_dir, "table.json"), "w") as f:
     json.dump(result, f, indent=1)
   print_table(result)
-  del jax
   return result
 
 
