@@ -3,3 +3,5 @@ from autogaze_jax.autogaze import AutoGaze
 from autogaze_jax.config import DecoderConfig, GazeConfig, VisionConfig, tiny_config
 
 __version__ = "0.1.0"
+
+__all__ = ["AutoGaze", "GazeConfig", "VisionConfig", "DecoderConfig", "tiny_config"]

@@ -8,7 +8,6 @@ mode (stop when the predicted loss <= threshold) and reports the ratio used and 
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

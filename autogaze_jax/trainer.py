@@ -13,8 +13,6 @@ One `run(config, workdir)` serves every algorithm in `autogaze_jax/algorithms/re
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import signal
@@ -22,7 +20,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from autogaze_jax import sharding as shd

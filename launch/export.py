@@ -8,9 +8,7 @@ checkpoint that `AutoGaze.from_pretrained` here and the official `AutoGaze.from_
 from __future__ import annotations
 
 import json
-import logging
 import os
-import sys
 
 from absl import app, flags
 
@@ -23,8 +21,7 @@ def export(workdir: str, out: str, step: int | None = None) -> str:
   import jax
   import ml_collections
   import orbax.checkpoint as ocp
-  from autogaze_jax.algorithms.common import TrainState
-  from autogaze_jax.algorithms.registry import ALGORITHMS, export_gaze, gaze_config
+  from autogaze_jax.algorithms.registry import export_gaze, gaze_config
   from autogaze_jax.autogaze import abstract_params
   cfg_path = os.path.join(workdir, "config.json")
   if not os.path.isfile(cfg_path):

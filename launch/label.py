@@ -11,8 +11,6 @@ jax.distributed.initialize() (--distributed, or automatic with the JAX coordinat
 from __future__ import annotations
 
 import json
-import logging
-import os
 
 from absl import app, flags
 from ml_collections import config_flags

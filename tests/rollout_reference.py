@@ -4,7 +4,6 @@ Python lists for the KV cache and the attention mask, one eager forward per step
 `_sample` control flow transcribed line by line (gaze-model.md 6.1-6.3). Slow and shape-dynamic on
 purpose: it shares no scheduling code with autogaze_jax.rollout, only the layer math.
 """
-import jax
 import jax.numpy as jnp
 import numpy as np
 

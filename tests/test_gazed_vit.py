@@ -86,7 +86,7 @@ def np_official_siglip(cfg, sd, frames, gazing_pos, if_padded, num_gazing_each_f
   b, t, c = frames.shape[:3]
   p, d, nh = cfg.patch_size, cfg.hidden_size, cfg.num_attention_heads
   x = np.asarray(frames, np.float64).reshape(b * t, c, *frames.shape[3:])
-  patches, poss = [], []
+  patches = []
   table = np_pos_table(cfg, w["embeddings.position_embedding.weight"])
   for s, g in zip(cfg.scales, cfg.layout.grids):
     img = np_resize(x, s)

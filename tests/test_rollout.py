@@ -1,7 +1,6 @@
 """Compiled rollout vs the official generate (fixtures), vs a plain reference, modes, tiling, errors."""
 import os
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx

@@ -7,14 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from conftest import FIXTURES
 from autogaze_jax import perceptual as pc
 from autogaze_jax.interop.hf import CheckpointError, read_safetensors
 from autogaze_jax.interop.videomae import load_checkpoint, official_to_params, save_checkpoint
 from autogaze_jax.losses import frame_losses, reconstruction_task
-from autogaze_jax.models.videomae import check_gaze_inputs, forward, init_params
+from autogaze_jax.models.videomae import check_gaze_inputs, init_params
 from autogaze_jax.sharding import make_mesh, param_specs, shard_batch, shard_params
 from autogaze_jax.videomae_config import VideoMAEConfig, tiny_videomae_config
 from autogaze_jax.videomae_train import (VideoMAETrainConfig, init_state, make_optimizer, make_train_step,

@@ -7,7 +7,6 @@ plus finite_keys / progress_keys and an optional picture(...).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -132,7 +131,6 @@ def load_videomae(config):
   the size named by config.videomae.size at random init (with a warning: rewards are then meaningless)."""
   from autogaze_jax.interop.videomae import load_checkpoint
   from autogaze_jax.models.videomae import init_params
-  from autogaze_jax.videomae_config import VideoMAEConfig, tiny_videomae_config
   if config.videomae.checkpoint:
     _, graphdef, params, _ = load_checkpoint(config.videomae.checkpoint)
     return graphdef, params
