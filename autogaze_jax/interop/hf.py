@@ -7,6 +7,7 @@ The name/layout table is built from the config, so non-default sizes (the tiny f
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Callable
@@ -72,20 +73,9 @@ def default_preprocessor_config() -> dict:
 
 
 def read_config(ckpt_dir: str) -> GazeConfig:
-  path = os.path.join(ckpt_dir, CONFIG_NAME)
   if not os.path.isdir(ckpt_dir):
     raise CheckpointError(f"checkpoint directory {ckpt_dir!r} does not exist")
-  if not os.path.isfile(path):
-    raise CheckpointError(f"checkpoint directory {ckpt_dir!r} has no {CONFIG_NAME}")
-  try:
-    with open(path) as f:
-      d = json.load(f)
-  except json.JSONDecodeError as e:
-    raise CheckpointError(f"{path} is not valid JSON: {e}") from None
-  try:
-    return GazeConfig.from_official_dict(d)
-  except (ValueError, TypeError) as e:
-    raise CheckpointError(f"{path}: {e}") from None
+  return read_json_config(os.path.join(ckpt_dir, CONFIG_NAME), GazeConfig.from_official_dict)
 
 
 def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict]:
@@ -139,27 +129,41 @@ def params_to_official(cfg: GazeConfig, params: dict) -> dict[str, np.ndarray]:
 
 def _torch_shape(cfg: GazeConfig, path: tuple) -> tuple[int, ...]:
   """Expected torch shape of a tensor, from an abstract model of this config."""
-  return _abstract_torch_shapes(cfg)[path]
+  return _abstract_torch_shapes(cfg.replace(raw_json=""))[path]
 
 
-_SHAPES_CACHE: dict = {}
+def torch_shapes(table, abstract_pure: dict) -> dict:
+  """{our path: torch shape} for a name table over an abstract (ShapeDtypeStruct) pure-dict state."""
+  shapes = {}
+  for _, path, (_, to_torch) in table:
+    node = abstract_pure
+    for k in path:
+      node = node[k]
+    shapes[path] = tuple(to_torch(np.empty(node.shape, np.float32)).shape)
+  return shapes
 
 
+@functools.lru_cache(maxsize=16)
 def _abstract_torch_shapes(cfg: GazeConfig) -> dict:
-  key = cfg.replace(raw_json="")
-  if key not in _SHAPES_CACHE:
-    from flax import nnx
-    from autogaze_jax.models.gaze_model import GazeModel
-    abstract = nnx.eval_shape(lambda: GazeModel(cfg, nnx.Rngs(0)))
-    state = nnx.state(abstract, nnx.Param).to_pure_dict()
-    shapes = {}
-    for _, path, (_, to_torch) in name_table(cfg):
-      node = state
-      for k in path:
-        node = node[k]
-      shapes[path] = tuple(to_torch(np.empty(node.shape, np.float32)).shape)
-    _SHAPES_CACHE[key] = shapes
-  return _SHAPES_CACHE[key]
+  from flax import nnx
+  from autogaze_jax.models.gaze_model import GazeModel
+  abstract = nnx.eval_shape(lambda: GazeModel(cfg, nnx.Rngs(0)))
+  return torch_shapes(name_table(cfg), nnx.state(abstract, nnx.Param).to_pure_dict())
+
+
+def read_json_config(path: str, parse, what: str = "checkpoint"):
+  """`parse(dict)` of a JSON config file, with CheckpointError naming the file on any problem."""
+  if not os.path.isfile(path):
+    raise CheckpointError(f"{what} {os.path.dirname(path) or '.'!r} has no {os.path.basename(path)}")
+  try:
+    with open(path) as f:
+      d = json.load(f)
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+  try:
+    return parse(d)
+  except (ValueError, TypeError) as e:
+    raise CheckpointError(f"{path}: {e}") from None
 
 
 def write_checkpoint(ckpt_dir: str, cfg: GazeConfig, params: dict, preprocessor: dict | None = None):

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autogaze_jax.interop.hf import CheckpointError, read_safetensors
+from autogaze_jax.interop.hf import CheckpointError, read_json_config, read_safetensors
 
 MARK = "vision_model."
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
@@ -172,13 +172,7 @@ def read_config(path: str, **overrides):
   from autogaze_jax.models.gazed_vit import GazedViTConfig
   if os.path.isdir(path):
     path = os.path.join(path, CONFIG_NAME)
-  if not os.path.isfile(path):
-    raise CheckpointError(f"missing SigLIP config {path}")
-  try:
-    with open(path) as f:
-      return GazedViTConfig.from_hf_dict(json.load(f), **overrides)
-  except (ValueError, TypeError) as e:
-    raise CheckpointError(f"{path}: {e}") from None
+  return read_json_config(path, lambda d: GazedViTConfig.from_hf_dict(d, **overrides), "SigLIP config")
 
 
 def load(path: str, cfg=None):

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autogaze_jax.interop.hf import CheckpointError, read_safetensors
+from autogaze_jax.interop.hf import CheckpointError, read_json_config, read_safetensors, torch_shapes
 from autogaze_jax.videomae_config import VideoMAEConfig
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
@@ -80,17 +80,13 @@ def _strip(name: str) -> str:
 
 
 def _expected_shapes(cfg: VideoMAEConfig) -> dict:
+  """{official name: torch shape} from an abstract model of this config."""
   from flax import nnx
   from autogaze_jax.models.videomae import abstract_params
   _, abstract = abstract_params(cfg)
-  tree = nnx.to_pure_dict(abstract)
-  out = {}
-  for name, path, (_, to_torch) in name_table(cfg):
-    node = tree
-    for k in path:
-      node = node[k]
-    out[name] = tuple(to_torch(np.empty(node.shape, np.float32)).shape)
-  return out
+  table = name_table(cfg)
+  by_path = torch_shapes(table, nnx.to_pure_dict(abstract))
+  return {name: by_path[path] for name, path, _ in table}
 
 
 def official_to_params(cfg: VideoMAEConfig, tensors: dict) -> tuple[dict, dict]:
@@ -140,14 +136,8 @@ def params_to_official(cfg: VideoMAEConfig, params: dict, prefix: str = "") -> d
 
 
 def read_config(ckpt_dir: str, **overrides) -> VideoMAEConfig:
-  path = os.path.join(ckpt_dir, CONFIG_NAME)
-  if not os.path.isfile(path):
-    raise CheckpointError(f"{ckpt_dir!r} has no {CONFIG_NAME}")
-  try:
-    with open(path) as f:
-      return VideoMAEConfig.from_official_dict(json.load(f), **overrides)
-  except (ValueError, TypeError) as e:
-    raise CheckpointError(f"{path}: {e}") from None
+  return read_json_config(os.path.join(ckpt_dir, CONFIG_NAME),
+                          lambda d: VideoMAEConfig.from_official_dict(d, **overrides), "VideoMAE checkpoint")
 
 
 def load_checkpoint(ckpt_dir: str, cfg: VideoMAEConfig | None = None, weights: str | None = None):
