@@ -27,7 +27,7 @@ from absl import app, flags
 _WORKDIR = flags.DEFINE_string("workdir", "runs/pipeline", "where every stage writes")
 _SCALE = flags.DEFINE_enum("scale", "smoke", ["smoke", "tiny"], "smoke = the README run; tiny = a 2-minute check")
 _THRESHOLD = flags.DEFINE_float("threshold", None, "reconstruction-loss threshold of the table (default: chosen)")
-_EVAL_CLIPS = flags.DEFINE_integer("eval_clips", 8, "held-out clips for the table")
+_EVAL_CLIPS = flags.DEFINE_integer("eval_clips", None, "held-out clips for the table (default: per scale)")
 
 STAGES = ("videomae", "labels", "ntp", "grpo", "grpo_only", "eval")
 
@@ -38,7 +38,7 @@ def _sizes(scale: str) -> dict:
                 grpo_steps=2, eval_clips=2, ratios=(0.05, 0.2, 0.75))
   # the README run: sized for about 20 minutes on 2 CPU cores
   return dict(clips=40, mae_steps=150, label_clips=24, label_budget=8, cands=16, k=8, ntp_steps=40, ntp_batch=8,
-              grpo_steps=12, eval_clips=6, ratios=(0.02, 0.04, 0.08, 0.15, 0.3, 0.6))
+              grpo_steps=12, eval_clips=4, ratios=(0.02, 0.04, 0.08, 0.15, 0.3, 0.6))
 
 
 def _train(cfg, workdir):
