@@ -49,11 +49,7 @@ def teacher_forced(graphdef, params, pixel_values, gazing_pos, if_padded_gazing,
 def vision_features(graphdef, params, pixel_values):
   """Vision-encoder output before the connector, (B, T, P, D) (official `vision_model` output)."""
   model = nnx.merge(graphdef, params)
-  s = model.cfg.input_img_size
-  if pixel_values.shape[-2:] != (s, s):
-    from autogaze_jax.resize import resize_bicubic
-    pixel_values = resize_bicubic(pixel_values, s, s)
-  return model.vision_model(pixel_values)[0]
+  return model.vision_model(model.resize_input(pixel_values))[0]
 
 
 class AutoGaze:

@@ -67,9 +67,7 @@ def generate(model, pixel_values, gazing_ratio=None, task_loss_requirement=None,
   pv = _check_pixel_values(pixel_values, cfg)
   b, t = pv.shape[:2]
   q = check_threshold(task_loss_requirement)
-  if gazing_ratio is None:
-    gazing_ratio = 1.0 if q is not None else _config_ratio(cfg)
-  ratio = check_ratio(gazing_ratio, t)
+  ratio = check_ratio(default_ratio(cfg, gazing_ratio, q), t)
   budgets = budgets_from_ratio(ratio, t, cfg.num_vision_tokens_each_frame)
   spec = make_spec(cfg, budgets, t, use_threshold=q is not None, coupled=coupled, tokens_per_step=tokens_per_step,
                    sample=sample, top_k=top_k, capacity=capacity)
@@ -112,7 +110,13 @@ def compact(tokens: np.ndarray, length: np.ndarray, vocab_per_frame: int) -> dic
           "num_real_gazing_each_frame": np.stack([(~padded[:, frame == i]).sum(1) for i in range(t)], 1)}
 
 
-def _config_ratio(cfg) -> float:
+def default_ratio(cfg, gazing_ratio, threshold):
+  """The official argument rules (spec 6.4): a threshold alone means ratio 1 (budget 265); neither
+  means the checkpoint's fixed gazing ratio (0.75 for the released model)."""
+  if gazing_ratio is not None:
+    return gazing_ratio
+  if threshold is not None:
+    return 1.0
   import json
   raw = json.loads(cfg.raw_json) if cfg.raw_json else {}
   return float(raw.get("gazing_ratio_config", {}).get("fixed", {}).get("gazing_ratio", 0.75))

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from autogaze_jax.generate import check_ratio, check_threshold, compact, make_spec
+from autogaze_jax.generate import check_ratio, check_threshold, compact, default_ratio, make_spec
 from autogaze_jax.rollout import budgets_from_ratio, frame_step_jit, init_state
 
 
@@ -32,8 +32,7 @@ class GazeStream:
     cfg = model.cfg
     self.model, self.batch = model, batch
     self.q = check_threshold(task_loss_requirement)
-    ratio = check_ratio(1.0 if gazing_ratio is None and self.q is not None else
-                        (gazing_ratio if gazing_ratio is not None else 0.75), 1)
+    ratio = check_ratio(default_ratio(cfg, gazing_ratio, self.q), 1)
     self.budget = int(budgets_from_ratio(ratio, 1, cfg.num_vision_tokens_each_frame)[0])
     self.spec = make_spec(cfg, np.array([self.budget]), max_frames or cfg.max_num_frames,
                           use_threshold=self.q is not None, coupled=coupled, tokens_per_step=tokens_per_step,

@@ -73,16 +73,17 @@ class GazeModel(nnx.Module):
     self.connector = Connector(cfg, rngs)
     self.gaze_decoder = GazeDecoder(cfg, rngs)
 
-  def embed_video(self, pixel_values: jax.Array, conv_cache=None):
-    """(B, T, 3, H, W) processor output -> vision embeddings (B, T, P, D) and the new conv cache.
-
-    Frames that are not input_img_size square are bicubic-resized (torch kernel) first, as the
-    official model does (non-square inputs are squashed).
-    """
+  def resize_input(self, pixel_values: jax.Array) -> jax.Array:
+    """Frames that are not input_img_size square are bicubic-resized (torch kernel), as the official
+    model does (non-square inputs are squashed); same-size frames pass through untouched."""
     s = self.cfg.input_img_size
     if pixel_values.shape[-2:] != (s, s):
       pixel_values = resize_bicubic(pixel_values.astype(jnp.float32), s, s)
-    feats, cache = self.vision_model(pixel_values, conv_cache)
+    return pixel_values
+
+  def embed_video(self, pixel_values: jax.Array, conv_cache=None):
+    """(B, T, 3, H, W) processor output -> vision embeddings (B, T, P, D) and the new conv cache."""
+    feats, cache = self.vision_model(self.resize_input(pixel_values), conv_cache)
     return self.connector(feats), cache
 
   def teacher_forced(self, pixel_values, gazing_pos, if_padded_gazing,
