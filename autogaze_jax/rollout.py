@@ -11,10 +11,12 @@ Official behaviour reproduced (spec gaze-model.md section 6; fixtures gaze_tiny/
     head 0 exempt on a frame's first step; a sample stops after the first step where any head met it;
   * at a frame boundary the attention mask of the frame's gaze slots is rebuilt (EOS slots invisible).
 
-Fixed shapes: every frame owns a static slot region of the KV cache
-  [k deferred-chunk slots | P vision slots | k * (max_steps - 1) decode slots]
-and slots a sample does not use are simply invalid keys (masked keys contribute exactly zero), so the
-cache never changes shape and budgets/stops are masks. Samples advance in lockstep; two batch modes:
+Fixed shapes: the KV cache is a fixed number of slots filled from slot 0 up, in lockstep for the batch;
+a frame writes [k deferred-chunk slots | P vision slots | k per decode step actually taken] at a shared
+cursor (at most T * (k + P + k * (max_steps - 1)) slots). Slots a sample does not use are simply
+invalid keys (masked keys contribute exactly zero) and attention only visits chunks below the cursor
+(`cached_attention`), so the compute follows the tokens written while the cache never changes shape
+and budgets/stops are masks. Samples advance in lockstep; two batch modes:
   coupled=True  (official, needed for fixture parity): a finished sample keeps emitting EOS chunks
                 that are fed while its batch mates continue, so results depend on the batch;
   coupled=False (default): a finished sample freezes; its last chunk is deferred exactly as if it ran
@@ -31,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
+
+from autogaze_jax.models.gaze_decoder import cache_slots
 
 NEG_INF = -jnp.inf
 
@@ -68,16 +72,18 @@ class RolloutState:
   defer_tok: jax.Array     # (B, k) the previous frame's final chunk, not yet fed
   defer_n: jax.Array       # (B,) its length
   frame: jax.Array         # () index of the next frame
+  cursor: jax.Array        # () next free cache slot (shared by the batch)
 
 
 def init_state(model, spec: RolloutSpec, batch: int) -> RolloutState:
   cfg = model.cfg
-  slots = spec.max_frames * spec.frame_slots(cfg.num_frame_tokens)
+  slots = cache_slots(spec.max_frames * spec.frame_slots(cfg.num_frame_tokens))
   ck, cv = model.gaze_decoder.init_cache(batch, slots)
   k = spec.tokens_per_step
   return RolloutState(cache_k=ck, cache_v=cv, kv_valid=jnp.zeros((batch, slots), bool),
                       nvalid=jnp.zeros((batch,), jnp.int32), defer_tok=jnp.full((batch, k), cfg.eos_token_id, jnp.int32),
-                      defer_n=jnp.zeros((batch,), jnp.int32), frame=jnp.zeros((), jnp.int32))
+                      defer_n=jnp.zeros((batch,), jnp.int32), frame=jnp.zeros((), jnp.int32),
+                      cursor=jnp.zeros((), jnp.int32))
 
 
 def _select(scores, tl, gen, glen, active, first, budget, thr, temperature, spec: RolloutSpec, eos: int, key):
@@ -137,8 +143,7 @@ def frame_step(model, state: RolloutState, vis: jax.Array, budget: jax.Array, th
   cfg, dec = model.cfg, model.gaze_decoder
   k, p, eos = spec.tokens_per_step, cfg.num_frame_tokens, cfg.eos_token_id
   b = vis.shape[0]
-  fs = spec.frame_slots(p)
-  base = state.frame * fs
+  base = state.cursor
   # ---- prefill: [deferred chunk | vision] at cumsum positions ----
   dvalid = (jnp.arange(k)[None] < state.defer_n[:, None]) & (state.defer_tok != eos)
   dpos = state.nvalid[:, None] + jnp.cumsum(dvalid, axis=1) - 1
@@ -199,7 +204,8 @@ def frame_step(model, state: RolloutState, vis: jax.Array, budget: jax.Array, th
   kv_valid = jax.lax.dynamic_update_slice(carry["kv_valid"], dvalid_fed, (0, dec_base)) if nd else carry["kv_valid"]
   new_state = RolloutState(cache_k=carry["cache"][0], cache_v=carry["cache"][1], kv_valid=kv_valid,
                            nvalid=nvalid + jnp.sum(dvalid_fed, axis=1).astype(jnp.int32),
-                           defer_tok=carry["last_tok"], defer_n=carry["last_n"], frame=state.frame + 1)
+                           defer_tok=carry["last_tok"], defer_n=carry["last_n"], frame=state.frame + 1,
+                           cursor=dec_base + k * carry["step"])
   out = dict(tokens=gen, length=glen, trace_tl=carry["trace_tl"], trace_chosen=carry["trace_chosen"],
              steps=carry["step"] + 1)
   return new_state, out

@@ -17,10 +17,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 from autogaze_jax.config import GazeConfig
-import numpy as np
 
-from autogaze_jax.models.layers import (MASK_VALUE, apply_rope, causal_attention, dense, llama3_inv_freq,
+from autogaze_jax.models.layers import (apply_rope, cached_attention, causal_attention, dense, llama3_inv_freq,
                                         rms_norm, rope_cos_sin)
+
+# Key chunk of the cached attention; rollout caches are sized in whole chunks (`cache_slots`).
+ATTN_CHUNK = 256
+
+
+def cache_slots(slots: int) -> int:
+  """Cache size holding `slots` tokens, rounded up to whole attention chunks."""
+  return -(-slots // ATTN_CHUNK) * ATTN_CHUNK
 
 
 def _normal(rngs: nnx.Rngs, shape, std: float):
@@ -117,23 +124,17 @@ class GazeDecoder(nnx.Module):
 
     x (B, n, D); positions (B, n); cache = (k, v) each (layers, B, H, S, hd) (head-major so the
     attention matmuls read it without a transpose); start: int scalar; kv_valid (B, S) bool validity
-    of every slot *including* the new ones. Returns (final-normed hidden (B, n, D), new cache).
+    of every slot *including* the new ones; slots are filled from 0 up, so only keys below
+    start + n are read (see `cached_attention`). Returns (final-normed hidden (B, n, D), new cache).
     """
     ck, cv = cache
-    n, slots = x.shape[1], ck.shape[3]
     cos, sin = self._rope(positions)
-    q_slot = start + jnp.arange(n)
-    mask = (jnp.arange(slots)[None, :] <= q_slot[:, None])[None] & kv_valid[:, None, :]
-    scale = 1.0 / float(np.sqrt(self.cfg.decoder.head_dim))
     for i, layer in enumerate(self.layers):
       q, k, v = self._qkv(layer, x, cos, sin)
       # (B, n, H, hd) -> (1, B, H, n, hd), written in place into the (layers, B, H, S, hd) cache
       ck = jax.lax.dynamic_update_slice(ck, k.transpose(0, 2, 1, 3)[None].astype(ck.dtype), (i, 0, 0, start, 0))
       cv = jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 1, 3)[None].astype(cv.dtype), (i, 0, 0, start, 0))
-      s = jnp.einsum("bqhd,bhkd->bhqk", q, ck[i].astype(q.dtype), preferred_element_type=jnp.float32) * scale
-      p = jax.nn.softmax(jnp.where(mask[:, None], s, MASK_VALUE), axis=-1)
-      o = jnp.einsum("bhqk,bhkd->bqhd", p.astype(q.dtype), cv[i].astype(q.dtype))
-      x = self._finish(layer, x, o)
+      x = self._finish(layer, x, cached_attention(q, ck[i], cv[i], start, kv_valid, min(ATTN_CHUNK, ck.shape[3])))
     return self.final_norm(x), (ck, cv)
 
   def init_cache(self, batch: int, slots: int, dtype=None):

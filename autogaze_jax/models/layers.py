@@ -103,3 +103,43 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, kv_valid: jax.Arr
     mask = jnp.asarray(ki <= qi)[None] & kv_valid[:, None, :e]
     outs.append(attend(q[:, s:e], k[:, :e], v[:, :e], mask))
   return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+
+
+def cached_attention(q: jax.Array, ck: jax.Array, cv: jax.Array, start: jax.Array, kv_valid: jax.Array,
+                     chunk: int) -> jax.Array:
+  """Attention of n new tokens (at cache slots [start, start+n)) over a slot KV cache, causal by slot.
+
+  q (B, n, H, d); ck/cv (B, H, S, d) with S a multiple of `chunk`; kv_valid (B, S) bool. Only the
+  key chunks up to the last new slot are visited (a dynamic trip count: the cache is filled from slot
+  0 up), with an online softmax across chunks, so a rollout pays for the keys it has written, not for
+  the whole fixed-size cache, and each chunk's scores stay in cache memory. Scores/softmax in float32.
+  Masked keys get MASK_VALUE (finite): a row whose first chunks are all masked accumulates garbage
+  that the first visible key's rescale factor exp(MASK_VALUE - m) multiplies to exactly 0.
+  """
+  b, n, h, d = q.shape
+  slots = ck.shape[2]
+  if slots % chunk:
+    raise ValueError(f"cache of {slots} slots is not a multiple of the attention chunk {chunk}")
+  qh = (q.transpose(0, 2, 1, 3) * (1.0 / math.sqrt(d))).astype(q.dtype)
+  q_slot = start + jnp.arange(n)
+  n_chunks = (start + n + chunk - 1) // chunk
+
+  def body(c):
+    i, m, l, acc = c
+    kc = jax.lax.dynamic_slice_in_dim(ck, i * chunk, chunk, axis=2).astype(q.dtype)
+    vc = jax.lax.dynamic_slice_in_dim(cv, i * chunk, chunk, axis=2).astype(q.dtype)
+    kslot = i * chunk + jnp.arange(chunk)
+    vis = (kslot[None, :] <= q_slot[:, None])[None] & jax.lax.dynamic_slice_in_dim(kv_valid, i * chunk, chunk, 1)[:, None]
+    s = jnp.einsum("bhqd,bhkd->bhqk", qh, kc, preferred_element_type=jnp.float32)
+    s = jnp.where(vis[:, None], s, MASK_VALUE)
+    m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+    p = jnp.exp(s - m_new[..., None])
+    scale = jnp.exp(m - m_new)
+    acc = acc * scale[..., None] + jnp.einsum("bhqk,bhkd->bhqd", p.astype(q.dtype), vc,
+                                              preferred_element_type=jnp.float32)
+    return i + 1, m_new, l * scale + jnp.sum(p, axis=-1), acc
+
+  init = (jnp.zeros((), jnp.int32), jnp.full((b, h, n), MASK_VALUE, jnp.float32), jnp.zeros((b, h, n), jnp.float32),
+          jnp.zeros((b, h, n, d), jnp.float32))
+  _, _, l, acc = jax.lax.while_loop(lambda c: c[0] < n_chunks, body, init)
+  return (acc / l[..., None]).astype(q.dtype).transpose(0, 2, 1, 3)
