@@ -18,8 +18,9 @@ from flax import nnx
 
 from autogaze_jax.config import GazeConfig
 
-from autogaze_jax.models.layers import (apply_rope, cached_attention, causal_attention, dense, llama3_inv_freq,
-                                        rms_norm, rope_cos_sin)
+from autogaze_jax.models.flash_attention import flash_attention
+from autogaze_jax.models.layers import (apply_rope, cached_attention, dense, llama3_inv_freq, rms_norm,
+                                        rope_cos_sin)
 
 # Key chunk of the cached attention: a prefill's (B, H, ~206, 256) score tile stays in L2, and a
 # decode step's small chunks beat larger ones too (measured on this CPU: 128-256 best, 1024 2x slower).
@@ -112,12 +113,16 @@ class GazeDecoder(nnx.Module):
     return rms_norm(x, self.norm.scale[...].astype(x.dtype), self.cfg.decoder.rms_norm_eps)
 
   # ---- whole-sequence pass ----
-  def hidden(self, x: jax.Array, positions: jax.Array, kv_valid: jax.Array, block: int = 1024) -> jax.Array:
-    """x (B, L, D), positions (B, L) int, kv_valid (B, L) bool -> final-normed hidden (B, L, D)."""
+  def hidden(self, x: jax.Array, positions: jax.Array, kv_valid: jax.Array, block: int = 264) -> jax.Array:
+    """x (B, L, D), positions (B, L) int, kv_valid (B, L) bool -> final-normed hidden (B, L, D).
+
+    Causal by sequence index through the tiled `flash_attention` (block = its tile size).
+    """
     cos, sin = self._rope(positions)
+    idx = jnp.arange(x.shape[1])
     for layer in self.layers:
       q, k, v = self._qkv(layer, x, cos, sin)
-      x = self._finish(layer, x, causal_attention(q, k, v, kv_valid, block))
+      x = self._finish(layer, x, flash_attention(q, k, v, idx, idx, kv_valid, block))
     return self.final_norm(x)
 
   # ---- cached pass (rollout) ----

@@ -86,25 +86,6 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
   return jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v)
 
 
-def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, kv_valid: jax.Array,
-                     block: int = 1024) -> jax.Array:
-  """Causal self-attention over sequence index with invalid keys removed, in query blocks.
-
-  Query block [s, e) only sees keys [0, e): the masked upper triangle beyond the block is never
-  computed (about half the FLOPs of a dense pass) and the score matrix is at most block x L.
-  kv_valid (B, L) bool.
-  """
-  length = q.shape[1]
-  outs = []
-  for s in range(0, length, block):
-    e = min(length, s + block)
-    qi = np.arange(s, e)[:, None]
-    ki = np.arange(e)[None, :]
-    mask = jnp.asarray(ki <= qi)[None] & kv_valid[:, None, :e]
-    outs.append(attend(q[:, s:e], k[:, :e], v[:, :e], mask))
-  return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
-
-
 def cached_attention(q: jax.Array, ck: jax.Array, cv: jax.Array, start: jax.Array, kv_valid: jax.Array,
                      chunk: int) -> jax.Array:
   """Attention of n new tokens (at cache slots [start, start+n)) over a slot KV cache, causal by slot.
