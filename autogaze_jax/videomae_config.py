@@ -17,7 +17,7 @@ from typing import Any
 
 DTYPES = ("float32", "bfloat16")
 REMAT = ("none", "block", "dots")          # jax.checkpoint per transformer block: off / full / save matmuls
-ATTN_IMPLS = ("chunked", "dot_product")    # see models/segment_attention.py
+ATTN_IMPLS = ("flash", "chunked", "dot_product")    # see models/flash_attention.py, segment_attention.py
 LOSS_TERMS = ("l1", "dinov2_reg", "siglip2")
 
 
@@ -53,8 +53,8 @@ class VideoMAEConfig:
   # ours (not in config.json)
   dtype: str = "float32"          # compute dtype; params, LayerNorm, softmax and losses stay float32
   remat: str = "none"             # per transformer block, see REMAT
-  attn_impl: str = "chunked"
-  attn_block: int = 128           # max query chunk of the chunked attention (128 is fastest on CPU)
+  attn_impl: str = "flash"        # tiled, block-causal tiles skipped; "dot_product" for cuDNN on GPU
+  attn_block: int = 264           # flash tile (264 beats 128/256 on CPU) / chunked query chunk (128 best)
   dinov2_reg_weights: str = ""    # local HF safetensors of dinov2-with-registers-base ("" = skip the term)
   siglip2_weights: str = ""       # local HF safetensors of siglip2-base-patch16-224 vision ("" = skip)
   raw_json: str = dataclasses.field(default="", compare=False, repr=False)

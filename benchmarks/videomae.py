@@ -104,11 +104,13 @@ def main():
   ap.add_argument("--runs", type=int, default=3)
   ap.add_argument("--only", default="", help="run only default-config cases whose name contains this")
   ap.add_argument("--skip-tiny", action="store_true")
+  ap.add_argument("--attn_impl", default=None, help="override the config's attention (flash, chunked, dot_product)")
+  ap.add_argument("--attn_block", type=int, default=None, help="override the config's attention tile/chunk")
   args = ap.parse_args()
   base = json.load(open(BASELINE)) if os.path.exists(BASELINE) else {}
   peak = matmul_peak(jnp.dtype(args.dtype))
   out = {"device": str(jax.devices()[0].platform), "num_devices": len(jax.devices()), "dtype": args.dtype,
-         "remat": args.remat, "matmul_peak_gflops": round(peak / 1e9, 1), "cases": []}
+         "remat": args.remat, "attn": {"impl": args.attn_impl, "block": args.attn_block}, "matmul_peak_gflops": round(peak / 1e9, 1), "cases": []}
 
   def record(name, r):
     r["config"] = name
@@ -127,7 +129,8 @@ def main():
   for mode in () if args.skip_tiny else ("forward", "forward_backward"):
     record("tiny", run_case(tiny, p, g, 2, 0.1, 16, mode, args.runs, True))
 
-  cfg = VideoMAEConfig(dtype=args.dtype, remat=args.remat, loss_type=("l1",), loss_weights=(1.0,))
+  attn = {k: v for k, v in (("attn_impl", args.attn_impl), ("attn_block", args.attn_block)) if v is not None}
+  cfg = VideoMAEConfig(dtype=args.dtype, remat=args.remat, loss_type=("l1",), loss_weights=(1.0,), **attn)
   g, p = init_params(cfg)
   out["default_params_m"] = round(sum(x.size for x in jax.tree.leaves(p)) / 1e6, 1)
   cases = [("forward", 1, 0.1, 2, True), ("forward", 1, 0.1, 16, True)]

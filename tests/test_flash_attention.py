@@ -15,14 +15,20 @@ def _inputs(b=2, length=150, h=3, d=16, seed=0):
   return q, k, v, w, valid
 
 
-@pytest.mark.parametrize("ids_kind", ["token", "frame"])
+@pytest.mark.parametrize("ids_kind", ["token", "frame", "unsorted_self_edge"])
 def test_flash_matches_masked_attention_values_and_grads(ids_kind):
   q, k, v, w, valid = _inputs()
   length = q.shape[1]
   ids = jnp.arange(length) if ids_kind == "token" else jnp.arange(length) // 37   # 37: tiles split frames
+  edge = None
+  if ids_kind == "unsorted_self_edge":   # the VideoMAE decoder layout: gazed slots, then whole frames again
+    ids = jnp.concatenate([jnp.arange(60) // 15, jnp.arange(90) // 30])
+    edge = jnp.asarray(np.random.default_rng(1).random((2, length)) < 0.5)
   mask = (ids[None, :] <= ids[:, None])[None] & valid[:, None, :]
+  if edge is not None:
+    mask = mask | (jnp.eye(length, dtype=bool)[None] & edge[:, :, None])
   ref = lambda q, k, v: attend(q, k, v, mask)                                      # noqa: E731
-  fl = lambda q, k, v: flash_attention(q, k, v, ids, ids, valid, block=32)          # noqa: E731  pads 150 -> 160
+  fl = lambda q, k, v: flash_attention(q, k, v, ids, ids, valid, block=32, self_edge=edge)  # noqa: E731  pads to 160
   np.testing.assert_allclose(fl(q, k, v), ref(q, k, v), atol=2e-6)
   g_ref = jax.grad(lambda *a: jnp.sum(ref(*a) * w), argnums=(0, 1, 2))(q, k, v)
   g_fl = jax.jit(jax.grad(lambda *a: jnp.sum(fl(*a) * w), argnums=(0, 1, 2)))(q, k, v)

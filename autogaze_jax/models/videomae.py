@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from autogaze_jax.models.layers import dense, layer_norm
+from autogaze_jax.models.flash_attention import flash_attention
 from autogaze_jax.models.segment_attention import segment_attention
 from autogaze_jax.resize import bicubic_matrix, resize_bicubic
 from autogaze_jax.videomae_config import VideoMAEConfig
@@ -152,7 +153,9 @@ def _block(w, x, q_seg, k_valid, self_edge, *, heads, eps, dtype, attn_impl, att
   att = lambda s, e, ke: segment_attention(  # noqa: E731
       q[:, s:e], k[:, :ke], v[:, :ke], q_seg[:, s:e], q_seg[:, :ke], k_valid[:, :ke],
       None if self_edge is None else self_edge[:, s:e], block=attn_block, impl=attn_impl, q_offset=s)
-  if groups is None:
+  if attn_impl == "flash":   # tiles skip the block-causal upper triangle by themselves: no groups needed
+    a = flash_attention(q, k, v, q_seg[0], q_seg[0], k_valid, block=attn_block, self_edge=self_edge)
+  elif groups is None:
     a = att(0, length, length)
   else:
     a = jnp.concatenate([att(s, e, ke) for s, e, ke in groups], axis=1)
