@@ -143,7 +143,7 @@ class GazeDecoder(nnx.Module):
       # (B, n, H, hd) -> (1, B, H, n, hd), written in place into the (layers, B, H, S, hd) cache
       ck = jax.lax.dynamic_update_slice(ck, k.transpose(0, 2, 1, 3)[None].astype(ck.dtype), (i, 0, 0, start, 0))
       cv = jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 1, 3)[None].astype(cv.dtype), (i, 0, 0, start, 0))
-      x = self._finish(layer, x, cached_attention(q, ck[i], cv[i], start, kv_valid, chunk))
+      x = self._finish(layer, x, cached_attention(q, ck, cv, i, start, kv_valid, chunk))
     return self.final_norm(x), (ck, cv)
 
   def init_cache(self, batch: int, slots: int, dtype=None):

@@ -86,11 +86,12 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
   return jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v)
 
 
-def cached_attention(q: jax.Array, ck: jax.Array, cv: jax.Array, start: jax.Array, kv_valid: jax.Array,
-                     chunk: int) -> jax.Array:
+def cached_attention(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: int, start: jax.Array,
+                     kv_valid: jax.Array, chunk: int) -> jax.Array:
   """Attention of n new tokens (at cache slots [start, start+n)) over a slot KV cache, causal by slot.
 
-  q (B, n, H, d); ck/cv (B, H, S, d) with S a multiple of `chunk`; kv_valid (B, S) bool. Only the
+  q (B, n, H, d); ck/cv (layers, B, H, S, d) with S a multiple of `chunk` (the whole cache: chunks are
+  sliced from it directly, so no per-layer copy is made); kv_valid (B, S) bool. Only the
   key chunks up to the last new slot are visited (a dynamic trip count: the cache is filled from slot
   0 up), with an online softmax across chunks, so a rollout pays for the keys it has written, not for
   the whole fixed-size cache, and each chunk's scores stay in cache memory. Scores/softmax in float32.
@@ -98,7 +99,7 @@ def cached_attention(q: jax.Array, ck: jax.Array, cv: jax.Array, start: jax.Arra
   that the first visible key's rescale factor exp(MASK_VALUE - m) multiplies to exactly 0.
   """
   b, n, h, d = q.shape
-  slots = ck.shape[2]
+  slots = ck.shape[3]
   if slots % chunk:
     raise ValueError(f"cache of {slots} slots is not a multiple of the attention chunk {chunk}")
   qh = (q.transpose(0, 2, 1, 3) * (1.0 / math.sqrt(d))).astype(q.dtype)
@@ -107,8 +108,8 @@ def cached_attention(q: jax.Array, ck: jax.Array, cv: jax.Array, start: jax.Arra
 
   def body(c):
     i, m, l, acc = c
-    kc = jax.lax.dynamic_slice_in_dim(ck, i * chunk, chunk, axis=2).astype(q.dtype)
-    vc = jax.lax.dynamic_slice_in_dim(cv, i * chunk, chunk, axis=2).astype(q.dtype)
+    kc = jax.lax.dynamic_slice(ck, (layer, 0, 0, i * chunk, 0), (1, b, h, chunk, d))[0].astype(q.dtype)
+    vc = jax.lax.dynamic_slice(cv, (layer, 0, 0, i * chunk, 0), (1, b, h, chunk, d))[0].astype(q.dtype)
     kslot = i * chunk + jnp.arange(chunk)
     vis = (kslot[None, :] <= q_slot[:, None])[None] & jax.lax.dynamic_slice_in_dim(kv_valid, i * chunk, chunk, 1)[:, None]
     s = jnp.einsum("bhqd,bhkd->bhqk", qh, kc, preferred_element_type=jnp.float32)
