@@ -55,6 +55,9 @@ def validate(config) -> None:
     raise ConfigError(f"config.model.size = {config.model.size!r}: choose default or tiny")
   if config.model.dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"config.model.dtype = {config.model.dtype!r}: choose float32 or bfloat16")
+  if config.train.picture_every < 0 or not 0 < config.train.picture_ratio <= 1:
+    raise ConfigError(f"config.train.picture_every = {config.train.picture_every} must be >= 0 and "
+                      f"config.train.picture_ratio = {config.train.picture_ratio} in (0, 1]")
   if config.data.source not in ("synthetic", "folder", "arrayrecord"):
     raise ConfigError(f"config.data.source = {config.data.source!r}: choose synthetic, folder or arrayrecord")
   if config.data.source != "synthetic" and not config.data.path:
@@ -224,8 +227,10 @@ def run(config, workdir: str, stop_after: int | None = None) -> dict:
         stop["stop"] = True
       if step % config.train.ckpt_every == 0 or stop["stop"] or step == config.train.num_steps:
         _save(mngr, step, state, it)
-      if algo.picture and config.train.picture_every and step % config.train.picture_every == 0 and is_main:
-        writer.write_images(step, algo.picture(config, graphdef, state.params, workdir, step))
+      if algo.picture and config.train.picture_every and step % config.train.picture_every == 0:
+        local = host_local(state.params)   # every process takes part; only process 0 draws
+        if is_main:
+          writer.write_images(step, algo.picture(config, graphdef, local, workdir, step))
       if stop["stop"]:
         logging.warning("stopped by signal at step %d (checkpoint saved)", step)
         break

@@ -54,7 +54,7 @@ def optimizer_config(name="adam", lr=5e-4, schedule="linear", min_lr=1e-5) -> ml
 
 def train_config(steps: int) -> mlc.ConfigDict:
   return mlc.ConfigDict({"num_steps": steps, "log_every": 10, "ckpt_every": 500, "keep_checkpoints": 2,
-                         "picture_every": 0, "seed": 666})
+                         "picture_every": 0, "picture_ratio": 0.1, "seed": 666})
 
 
 def model_config(size: str = "default") -> mlc.ConfigDict:

@@ -27,6 +27,7 @@ def get_config(arg=None):
   c.optimizer = common.optimizer_config("sgd", 5e-4, "linear_w_warmup", 0.0)
   c.train = common.train_config(30 if a.smoke else 13_300)
   c.train.log_every = 5 if a.smoke else 20
+  c.train.picture_every = 10 if a.smoke else 500   # gaze picture of the fixed validation clip
   c.train.ckpt_every = 10 if a.smoke else 500
   c.grpo = common.mlc.ConfigDict({
       "group_size": 4 if a.smoke else 12, "discount_factor": 0.995, "max_tokens_per_frame": 26 if a.smoke else 198,

@@ -26,6 +26,7 @@ def get_config(arg=None):
   c.optimizer = common.optimizer_config("adam", 5e-4, "linear", 1e-5)
   c.train = common.train_config(60 if a.smoke else 124_500)
   c.train.log_every = 5 if a.smoke else 50
+  c.train.picture_every = 20 if a.smoke else 5000   # gaze picture of the fixed validation clip
   c.train.ckpt_every = 20 if a.smoke else 500
   c.ntp = common.mlc.ConfigDict({"optimize_task_loss_prediction": True})
   if a.smoke:

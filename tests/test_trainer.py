@@ -33,7 +33,7 @@ def _params(workdir):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("full"))
-  res = trainer.run(_cfg(), wd)
+  res = trainer.run(_cfg(**{"train.picture_every": 2}), wd)
   return wd, res
 
 
@@ -46,6 +46,11 @@ def test_ntp_smoke_runs_logs_and_exports(uninterrupted):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(wd, "tb")))
   m = AutoGaze.from_pretrained(os.path.join(wd, "export"))  # official format round trip
   assert m.num_params == 140672
+  # periodic validation pictures: PNG per picture step, same image in TensorBoard
+  assert sorted(os.listdir(os.path.join(wd, "pictures"))) == ["step_000002.png", "step_000004.png"]
+  from PIL import Image
+  img = np.asarray(Image.open(os.path.join(wd, "pictures", "step_000004.png")))
+  assert img.ndim == 3 and img.shape[0] > 5 * 224 and img.std() > 0   # original + 4 scale rows
 
 
 def test_kill_and_resume_is_bitwise(uninterrupted, tmp_path):
@@ -82,6 +87,7 @@ def test_sharded_step_equals_single_device(uninterrupted, tmp_path):
     ("data.source", "folder", "needs config.data.path"),
     ("data.max_tokens_per_frame", 0, "must be in 1..265"),
     ("train.num_steps", 0, "must be positive"),
+    ("train.picture_ratio", 1.5, "picture_ratio"),
 ])
 def test_config_validation(tmp_path, key, value, match):
   c = _cfg(**{"mesh.num_devices": 0, "data.global_batch_size": 8})

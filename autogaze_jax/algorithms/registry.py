@@ -41,6 +41,25 @@ def export_gaze(graphdef, params, workdir: str, name: str = "export"):
   logging.info("exported the gaze model (official format) to %s", os.path.join(workdir, name))
 
 
+def gaze_picture(config, graphdef, params, workdir: str, step: int) -> dict:
+  """The fixed validation clip (first clip of the val split) gazed greedily at
+  `config.train.picture_ratio`: per-scale rows written to WORKDIR/pictures/step_NNNNNN.png and
+  returned for TensorBoard as {"val_gaze": (H, W, 3) uint8}."""
+  from flax import nnx
+  from autogaze_jax import AutoGaze, viz
+  from autogaze_jax.patches import ScaleLayout
+  frames = np.asarray(data_source(config, "val")[0]["frames"])
+  model = nnx.merge(graphdef, params)
+  gaze = AutoGaze(model.cfg, nnx.split(model, nnx.Param)[1])
+  out = gaze.generate(gaze.processor.normalize(frames)[None], config.train.picture_ratio, None, generate_only=True)
+  os.makedirs(os.path.join(workdir, "pictures"), exist_ok=True)
+  path = os.path.join(workdir, "pictures", f"step_{step:06d}.png")
+  img = viz.training_picture(path, frames, out["gazing_pos"][0], out["if_padded_gazing"][0],
+                             ScaleLayout.from_gaze_config(model.cfg))
+  logging.info("validation gaze picture: %s", path)
+  return {"val_gaze": img}
+
+
 def put_batch(batch: dict, mesh, keys) -> dict:
   """Host-local numpy batch -> global arrays sharded over the `data` axis."""
   out = {}
@@ -60,7 +79,7 @@ def data_source(config, split: str, labels=None, require_labels=None):
 class NTP:
   finite_keys = ("loss", "grad_norm")
   progress_keys = ("loss", "ntp_loss", "task_loss_prediction_loss", "token_prob", "lr")
-  picture = None
+  picture = staticmethod(gaze_picture)
 
   @staticmethod
   def validate(config):
@@ -155,7 +174,7 @@ def videomae_size(size: str):
 class GRPO:
   finite_keys = ("loss", "grad_norm", "reward_mean")
   progress_keys = ("loss", "grpo_loss", "task_loss_prediction_loss", "reward_mean", "gaze_ratio", "temperature", "lr")
-  picture = None
+  picture = staticmethod(gaze_picture)
 
   @staticmethod
   def validate(config):
