@@ -89,11 +89,25 @@ def host_local(tree):
 
 
 def _match_param_shardings(opt_state, default, params, p_shard):
-  """Give every optimizer leaf shaped like a param (Adam moments) that param's sharding."""
-  by_shape = {}
-  for x, sh in zip(jax.tree.leaves(params), jax.tree.leaves(p_shard)):
-    by_shape.setdefault((x.shape, x.dtype), sh)
-  return jax.tree.map(lambda x, d: by_shape.get((x.shape, x.dtype), d) if x.ndim else d, opt_state, default)
+  """Give every optimizer leaf that mirrors a param (Adam moments, ...) that param's sharding.
+
+  optax states hold copies of the param tree, so a moment's tree path ends with its param's path
+  (e.g. ".../0/mu/vit/layer/3/query/kernel/value"); the longest param path that is such a suffix wins.
+  Leaves mirroring no param (counters, schedules) keep `default`.
+  """
+  by_path = {}
+  jax.tree_util.tree_map_with_path(lambda pth, x, sh: by_path.setdefault(shd.path_str(pth), (x.shape, sh)),
+                                   params, p_shard)
+
+  def pick(pth, x, d):
+    path = shd.path_str(pth)
+    for cut in range(len(path)):          # shortest prefix cut first = longest matching suffix
+      if cut == 0 or path[cut - 1] == "/":
+        hit = by_path.get(path[cut:])
+        if hit is not None and hit[0] == x.shape:
+          return hit[1]
+    return d
+  return jax.tree_util.tree_map_with_path(pick, opt_state, default)
 
 
 def _install_sigterm():

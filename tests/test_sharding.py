@@ -51,3 +51,22 @@ def test_shard_params_and_batch():
   assert b["s"].sharding.spec == P() and b["odd"].sharding.spec == P()
   b8 = shard_batch({"x": np.zeros((8, 3))}, m, axes=("data", "fsdp"))
   assert b8["x"].addressable_shards[0].data.shape == (1, 3)
+
+
+def test_optimizer_moments_follow_their_param_sharding_by_path():
+  """Adam moments get their param's sharding by tree path (same-shaped params sharded differently stay distinct)."""
+  import optax
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from autogaze_jax import sharding as shd
+  from autogaze_jax.trainer import _match_param_shardings
+  mesh = shd.make_mesh(data=1, fsdp=8)
+  params = {"vit": {"w": jnp.ones((16, 8))}, "gaze": {"w": jnp.ones((16, 8))}, "b": jnp.ones((3,))}
+  p_shard = shd.param_shardings(params, mesh)
+  tx = optax.multi_transform({"a": optax.adam(1e-3), "z": optax.set_to_zero()},
+                             {"vit": {"w": "a"}, "gaze": {"w": "a"}, "b": "z"})
+  opt = tx.init(params)
+  rep = NamedSharding(mesh, P())
+  got = _match_param_shardings(opt, jax.tree.map(lambda _: rep, opt), params, p_shard)
+  mu = got.inner_states["a"].inner_state[0].mu
+  assert mu["vit"]["w"].spec == P("fsdp", None) and mu["gaze"]["w"].spec == P()
+  assert got.inner_states["a"].inner_state[0].count.spec == P()
