@@ -130,7 +130,9 @@ class AutogazeVideos(tfds.core.GeneratorBasedBuilder):
         for k, n in flags.items():
           beam.metrics.Metrics.counter(DATASET_NAME, f"{split}/{k}").inc(n)
         if rec is not None:
-          yield f"{i:010d}", rec
+          # int key: with disable_shuffling tfds's Beam writer uses the key itself as the hashed
+          # key for shard assignment (arithmetic on it), so a string key fails there.
+          yield i, rec
 
       return beam.Create(list(enumerate(paths))) | beam.FlatMap(process)
     return self._local_examples(split, paths)
