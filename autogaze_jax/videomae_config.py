@@ -17,7 +17,7 @@ from typing import Any
 
 DTYPES = ("float32", "bfloat16")
 REMAT = ("none", "block", "dots")          # jax.checkpoint per transformer block: off / full / save matmuls
-ATTN_IMPLS = ("flash", "chunked", "dot_product")    # see models/flash_attention.py, segment_attention.py
+ATTN_IMPLS = ("auto", "flash", "chunked", "dot_product")    # see models/flash_attention.py, segment_attention.py
 LOSS_TERMS = ("l1", "dinov2_reg", "siglip2")
 
 
@@ -53,11 +53,19 @@ class VideoMAEConfig:
   # ours (not in config.json)
   dtype: str = "float32"          # compute dtype; params, LayerNorm, softmax and losses stay float32
   remat: str = "none"             # per transformer block, see REMAT
-  attn_impl: str = "flash"        # tiled, block-causal tiles skipped; "dot_product" for cuDNN on GPU
+  attn_impl: str = "auto"         # auto = "flash" (tiled, causal tiles skipped) on CPU, "dot_product" (fused
+                                  # cuDNN/TPU kernels) on accelerators; see `resolved_attn_impl`
   attn_block: int = 264           # flash tile (264 beats 128/256 on CPU) / chunked query chunk (128 best)
   dinov2_reg_weights: str = ""    # local HF safetensors of dinov2-with-registers-base ("" = skip the term)
   siglip2_weights: str = ""       # local HF safetensors of siglip2-base-patch16-224 vision ("" = skip)
   raw_json: str = dataclasses.field(default="", compare=False, repr=False)
+
+  @property
+  def resolved_attn_impl(self) -> str:
+    if self.attn_impl != "auto":
+      return self.attn_impl
+    import jax
+    return "flash" if jax.default_backend() == "cpu" else "dot_product"
 
   def __post_init__(self):
     _check(self.dtype in DTYPES, "dtype", self.dtype, f"one of {DTYPES}")

@@ -103,6 +103,22 @@ def test_static_counts_same_outputs():
   np.testing.assert_allclose(np.asarray(out["reconstruction"]), ref["reconstruction"], atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", ["chunked", "dot_product"])
+def test_attention_impls_same_outputs(impl):
+  """Every attention implementation (default "auto" = flash on CPU) gives the same model outputs."""
+  import dataclasses
+  from flax import nnx
+  cfg, g, p, _ = _model()
+  assert cfg.resolved_attn_impl == "flash"
+  model = nnx.merge(g, p)
+  model.cfg = dataclasses.replace(cfg, attn_impl=impl)
+  g2, p2 = nnx.split(model)
+  out = _task(g2, p2, *_inputs(), np.array([9, 2]))
+  ref, _ = _fixture_run("recon_frames_9_2")
+  np.testing.assert_allclose(np.asarray(out["encoder_last_hidden_state"]), ref["encoder_last_hidden_state"], atol=1e-5)
+  np.testing.assert_allclose(np.asarray(out["reconstruction"]), ref["reconstruction"], atol=1e-5)
+
+
 def test_remat_scan_same_outputs_and_grads():
   """remat='block' (scan over stacked blocks) computes what the unrolled remat='none' path does."""
   video, pos, pad, cnt = _inputs()

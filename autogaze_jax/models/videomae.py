@@ -170,7 +170,7 @@ def _run_blocks(cfg: VideoMAEConfig, layers, x, q_seg, k_valid, self_edge, heads
   XLA (CPU) schedules every layer's recomputation early and remat saves nothing (measured at L=4241:
   0.6 GB kept per layer, vs 0.08 GB with the scan)."""
   fn = lambda w, x: _block(w, x, q_seg, k_valid, self_edge, heads=heads, eps=cfg.layer_norm_eps,  # noqa: E731
-                           dtype=cfg.jnp_dtype, attn_impl=cfg.attn_impl, attn_block=cfg.attn_block,
+                           dtype=cfg.jnp_dtype, attn_impl=cfg.resolved_attn_impl, attn_block=cfg.attn_block,
                            groups=groups)
   ws = [_block_arrays(layer) for layer in layers]
   if cfg.remat == "none" or not ws:
