@@ -57,6 +57,18 @@ def ratio_at_loss(model, mae, pixel_values, threshold: float, ratios=DEFAULT_RAT
   return {"threshold": threshold, "gaze_ratio_at_threshold": interpolate_ratio(curve, threshold), "curve": curve}
 
 
+def random_gaze_loss(mae, pixel_values, ratio: float, seed: int = 0) -> float:
+  """Mean VideoMAE loss (clips x frames) when shown a uniformly random `ratio` of each frame's 265
+  multi-scale patches: a model-free reference for choosing a loss threshold on held-out clips."""
+  n, t = pixel_values.shape[:2]
+  k = max(1, int(round(ratio * 265)))
+  rng = np.random.default_rng(seed)
+  local = np.stack([np.stack([rng.permutation(265)[:k] for _ in range(t)]) for _ in range(n)])   # (N, T, k)
+  pos = (local + 265 * np.arange(t)[None, :, None]).reshape(n, t * k)
+  out = {"gazing_pos": pos, "if_padded_gazing": np.zeros_like(pos, bool), "num_gazing_each_frame": np.full(t, k)}
+  return float(_losses(mae, jnp.asarray(pixel_values), out, t).mean())
+
+
 def stop_at_loss(model, mae, pixel_values, threshold: float, cap_ratio: float = 0.75, batch: int = 4) -> dict:
   """The model's own stopping rule at `threshold`: gaze ratio used and the loss actually reached."""
   return {"threshold": threshold, **_gaze_and_score(model, mae, pixel_values, cap_ratio, threshold, batch)}
