@@ -12,7 +12,8 @@ Optimizer: the official trainer falls back to plain SGD with linear warmup (10%)
 (so lr(0) = 0); that is our default for parity. Variant `adam` switches to Adam (lr 5e-5 constant).
 Unlike the official script (2 videos x 32 accumulation, which trips its own B == 1 assertion), any
 per-device batch works here: budgets are per video.
-Variants: smoke (tiny gaze model + small judge on the embedded dataset, minutes on a CPU), adam.
+Variants: smoke (tiny gaze model + small judge on the embedded dataset, minutes on a CPU; Adam 4e-3 and
+temperature 1, see below), adam.
 """
 from configs import common
 
@@ -36,8 +37,11 @@ def get_config(arg=None):
       "optimize_task_loss_prediction": True})
   c.videomae = common.mlc.ConfigDict({"checkpoint": "", "size": "small" if a.smoke else "default"})
   if a.smoke:
+    # Minutes, not days: Adam 4e-3 at a constant temperature 1 (SGD from a zero-lr warmup barely moves
+    # in 30 steps, and temperature 3 samples near-uniform rollouts whose advantages are mostly noise).
     c.data.synthetic_num_clips = 40
-    c.optimizer.lr = 5e-3
+    c.optimizer = common.optimizer_config("adam", 4e-3, "constant", 0.0)
+    c.grpo.temperature_start = c.grpo.temperature_end = 1.0
   if a.adam:
     c.optimizer = common.optimizer_config("adam", 5e-5, "constant", 0.0)
   if a.steps:

@@ -40,8 +40,8 @@ def _sizes(scale: str) -> dict:
     return dict(clips=12, mae_steps=6, label_clips=4, label_budget=4, cands=8, k=4, ntp_steps=3, ntp_batch=2,
                 grpo_steps=2, eval_clips=2, ratios=(0.05, 0.2, 0.75))
   # the README run: sized for about 20 minutes on 2 CPU cores
-  return dict(clips=40, mae_steps=150, label_clips=24, label_budget=8, cands=16, k=8, ntp_steps=40, ntp_batch=8,
-              grpo_steps=12, eval_clips=4, ratios=(0.02, 0.04, 0.08, 0.15, 0.3, 0.6))
+  return dict(clips=160, mae_steps=220, label_clips=32, label_budget=8, cands=16, k=8, ntp_steps=60, ntp_batch=8,
+              grpo_steps=20, eval_clips=4, ratios=(0.02, 0.04, 0.08, 0.15, 0.3, 0.6))
 
 
 def _train(cfg, workdir):

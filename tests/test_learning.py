@@ -74,11 +74,9 @@ def _mean_reward(model, judge, pv, seeds=(0, 1, 2, 3)):
 
 
 def test_grpo_smoke_raises_mean_reward(tmp_path):
-  c = _small_run(grpo_cfg.get_config("smoke,adam,steps=30,batch=2"))
+  c = _small_run(grpo_cfg.get_config("smoke,steps=30,batch=2"))   # smoke = Adam 4e-3, temperature 1
   c.data.synthetic_num_clips = 4                   # 4 training clips, each seen 15 times
   c.videomae.checkpoint = JUDGE
-  c.optimizer.lr = 4e-3
-  c.grpo.temperature_start = c.grpo.temperature_end = 1.0
   wd = str(tmp_path / "grpo")
   graphdef, params, judge = registry.GRPO.init(c, wd)   # the run's own initial weights
   src = registry.data_source(c, "train")
