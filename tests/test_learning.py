@@ -1,4 +1,4 @@
-"""Learning, end to end on the embedded dataset with a judge that cares (fixtures/judge_small):
+"""Learning, end to end on the embedded dataset with a judge that cares (autogaze_jax/assets/judge_small):
 NTP on greedy labels beats the untrained gaze on held-out clips; GRPO raises the mean reward.
 
 Both are smoke-sized (about a minute each on 2 CPU cores) and deterministic on CPU.
@@ -17,9 +17,8 @@ from autogaze_jax.greedy import GreedyConfig, label_embedded
 from autogaze_jax.interop.videomae import load_checkpoint
 from autogaze_jax.losses import reconstruction_task
 from configs import grpo as grpo_cfg, ntp as ntp_cfg
-from conftest import FIXTURES
 
-JUDGE = os.path.join(FIXTURES, "judge_small")
+JUDGE = os.path.join(os.path.dirname(registry.__file__), "..", "assets", "judge_small")
 
 
 def _metrics(workdir):
