@@ -22,7 +22,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from autogaze_jax.models.layers import MASK_VALUE
+from autogaze_jax.models.layers import MASK_VALUE, online_softmax_update
 
 
 def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_id: jax.Array, k_id: jax.Array,
@@ -78,14 +78,8 @@ def _forward(q, k, v, qid, kid, valid, edge, block):
     qi = _tile(q, i, block)
 
     def body(j, c):
-      m, l, acc = c
       s, _ = _scores(qi, _tile(k, j, block), i, j, qid, kid, valid, edge, block)
-      m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-      p = jnp.exp(s - m_new[..., None])
-      r = jnp.exp(m - m_new)
-      acc = acc * r[..., None] + jnp.einsum("bhqk,bhkd->bhqd", p.astype(v.dtype), _tile(v, j, block),
-                                            preferred_element_type=jnp.float32)
-      return m_new, l * r + jnp.sum(p, axis=-1), acc
+      return online_softmax_update(c, s, _tile(v, j, block))
 
     init = (jnp.full((b, h, block), MASK_VALUE, jnp.float32), jnp.zeros((b, h, block), jnp.float32),
             jnp.zeros((b, h, block, d), jnp.float32))

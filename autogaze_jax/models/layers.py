@@ -86,6 +86,17 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
   return jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v)
 
 
+def online_softmax_update(carry, s, v):
+  """One key chunk of an online (flash) softmax: carry = (row max m, row sum l, unnormalised out acc),
+  s (B,H,q,c) masked float32 scores, v (B,H,c,d). Shared by `cached_attention` and flash_attention."""
+  m, l, acc = carry
+  m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+  p = jnp.exp(s - m_new[..., None])
+  r = jnp.exp(m - m_new)
+  acc = acc * r[..., None] + jnp.einsum("bhqk,bhkd->bhqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  return m_new, l * r + jnp.sum(p, axis=-1), acc
+
+
 def cached_attention(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: int, start: jax.Array,
                      kv_valid: jax.Array, chunk: int) -> jax.Array:
   """Attention of n new tokens (at cache slots [start, start+n)) over a slot KV cache, causal by slot.
@@ -113,13 +124,7 @@ def cached_attention(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: int, sta
     kslot = i * chunk + jnp.arange(chunk)
     vis = (kslot[None, :] <= q_slot[:, None])[None] & jax.lax.dynamic_slice_in_dim(kv_valid, i * chunk, chunk, 1)[:, None]
     s = jnp.einsum("bhqd,bhkd->bhqk", qh, kc, preferred_element_type=jnp.float32)
-    s = jnp.where(vis[:, None], s, MASK_VALUE)
-    m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-    p = jnp.exp(s - m_new[..., None])
-    scale = jnp.exp(m - m_new)
-    acc = acc * scale[..., None] + jnp.einsum("bhqk,bhkd->bhqd", p.astype(q.dtype), vc,
-                                              preferred_element_type=jnp.float32)
-    return i + 1, m_new, l * scale + jnp.sum(p, axis=-1), acc
+    return (i + 1, *online_softmax_update((m, l, acc), jnp.where(vis[:, None], s, MASK_VALUE), vc))
 
   init = (jnp.zeros((), jnp.int32), jnp.full((b, h, n), MASK_VALUE, jnp.float32), jnp.zeros((b, h, n), jnp.float32),
           jnp.zeros((b, h, n, d), jnp.float32))
