@@ -47,19 +47,21 @@ def _sizes(scale: str) -> dict:
   if scale == "tiny":  # CI-sized: proves the chain, not the learning
     return dict(clips=12, mae_steps=6, mae_steps_scratch=6, label_clips=4, label_budget=4, cands=8, k=4, ntp_steps=3, ntp_batch=2,
                 grpo_steps=2, eval_clips=2, ratios=(0.05, 0.2, 0.75))
-  # the README run: sized for about 20 minutes on 2 CPU cores
+  # the README run: about 11 minutes on 2 CPU cores (budget: 20)
   return dict(clips=160, mae_steps=100, mae_steps_scratch=220, label_clips=32, label_budget=8, cands=16, k=8, ntp_steps=60, ntp_batch=8,
               grpo_steps=20, eval_clips=4, ratios=(0.02, 0.04, 0.08, 0.15, 0.3, 0.6))
 
 
 def _train(cfg, workdir):
+  """Run one training stage in `workdir` (its basename is the stage name) unless it already exported."""
   from autogaze_jax import trainer
+  stage = os.path.basename(os.path.normpath(workdir))
   if os.path.exists(os.path.join(workdir, "export", "config.json")):
-    logging.info("skip %s: %s/export exists", cfg.algorithm, workdir)
+    logging.info("skip stage %s: %s/export exists", stage, workdir)
     return
   t0 = time.perf_counter()
   trainer.run(cfg, workdir)
-  logging.info("stage %s done in %.0fs", cfg.algorithm, time.perf_counter() - t0)
+  logging.info("stage %s done in %.0fs", stage, time.perf_counter() - t0)
 
 
 def run(workdir: str, scale: str = "smoke", threshold: float | None = None, eval_clips: int | None = None,
