@@ -65,8 +65,8 @@ class RolloutSpec:
 @struct.dataclass
 class RolloutState:
   """What carries from one frame to the next (the streaming state)."""
-  cache_k: jax.Array       # (layers, B, H, S, hd)
-  cache_v: jax.Array
+  cache_k: jax.Array       # (layers, B, H, hd, S) keys transposed
+  cache_v: jax.Array       # (layers, B, H, S, hd)
   kv_valid: jax.Array      # (B, S) bool: rebuilt validity of every slot
   nvalid: jax.Array        # (B,) visible tokens already in the cache (next cumsum position)
   defer_tok: jax.Array     # (B, k) the previous frame's final chunk, not yet fed

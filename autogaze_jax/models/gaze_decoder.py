@@ -129,19 +129,20 @@ class GazeDecoder(nnx.Module):
   def hidden_cached(self, x, positions, cache, start, kv_valid):
     """Write n new tokens at cache slots [start, start+n) and attend causally by slot.
 
-    x (B, n, D); positions (B, n); cache = (k, v) each (layers, B, H, S, hd) (head-major so the
-    attention matmuls read it without a transpose); start: int scalar; kv_valid (B, S) bool validity
+    x (B, n, D); positions (B, n); cache = (k, v): k (layers, B, H, hd, S) keys transposed and v
+    (layers, B, H, S, hd), so both attention matmuls read the cache contiguously along their inner
+    loop (QK^T over slots, PV over head dims) without a transpose; start: int scalar; kv_valid (B, S) bool validity
     of every slot *including* the new ones; slots are filled from 0 up, so only keys below
     start + n are read (see `cached_attention`). Returns (final-normed hidden (B, n, D), new cache).
     """
     ck, cv = cache
-    slots = ck.shape[3]
+    slots = cv.shape[3]
     chunk = min(ATTN_CHUNK, slots)
     cos, sin = self._rope(positions)
     for i, layer in enumerate(self.layers):
       q, k, v = self._qkv(layer, x, cos, sin)
-      # (B, n, H, hd) -> (1, B, H, n, hd), written in place into the (layers, B, H, S, hd) cache
-      ck = jax.lax.dynamic_update_slice(ck, k.transpose(0, 2, 1, 3)[None].astype(ck.dtype), (i, 0, 0, start, 0))
+      # (B, n, H, hd) -> (1, B, H, hd, n) / (1, B, H, n, hd), written in place into the caches
+      ck = jax.lax.dynamic_update_slice(ck, k.transpose(0, 2, 3, 1)[None].astype(ck.dtype), (i, 0, 0, 0, start))
       cv = jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 1, 3)[None].astype(cv.dtype), (i, 0, 0, start, 0))
       x = self._finish(layer, x, cached_attention(q, ck, cv, i, start, kv_valid, chunk))
     return self.final_norm(x), (ck, cv)
@@ -150,7 +151,7 @@ class GazeDecoder(nnx.Module):
     dc = self.cfg.decoder
     shape = (dc.num_hidden_layers, batch, dc.num_attention_heads, slots, dc.head_dim)
     dt = dtype or self.cfg.jnp_dtype
-    return jnp.zeros(shape, dt), jnp.zeros(shape, dt)
+    return jnp.zeros((*shape[:3], dc.head_dim, slots), dt), jnp.zeros(shape, dt)
 
   # ---- heads (float32 outputs, as the official casts) ----
   def logits(self, h: jax.Array) -> jax.Array:

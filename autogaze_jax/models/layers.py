@@ -5,11 +5,14 @@ compute dtype, as in the official model (HF LlamaRMSNorm / eager attention upcas
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from autogaze_jax.kernels import cpu as cpu_kernels
 
 # Large finite negative for masked attention scores (HF eager uses finfo(float32).min; every query
 # row always has at least one visible key, so this equals -inf after the softmax).
@@ -101,8 +104,23 @@ def cached_attention(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: int, sta
                      kv_valid: jax.Array, chunk: int) -> jax.Array:
   """Attention of n new tokens (at cache slots [start, start+n)) over a slot KV cache, causal by slot.
 
-  q (B, n, H, d); ck/cv (layers, B, H, S, d) with S a multiple of `chunk` (the whole cache: chunks are
-  sliced from it directly, so no per-layer copy is made); kv_valid (B, S) bool. Only the
+  On CPU this is the fused kernel (autogaze_jax/kernels: exact softmax, ~2x faster than XLA's ops)
+  when it can be built, else `cached_attention_jax`; other platforms always use the latter.
+  """
+  jax_impl = functools.partial(cached_attention_jax, layer=layer, chunk=chunk)
+  if jax.default_backend() == "cpu" and cpu_kernels.supports(q, ck):
+    kernel = lambda q, ck, cv, start, kv_valid: cpu_kernels.cached_attention(q, ck, cv, layer, start, kv_valid)
+    return jax.lax.platform_dependent(q, ck, cv, start, kv_valid, cpu=kernel, default=jax_impl)
+  return jax_impl(q, ck, cv, start, kv_valid)
+
+
+def cached_attention_jax(q: jax.Array, ck: jax.Array, cv: jax.Array, start: jax.Array, kv_valid: jax.Array,
+                         *, layer: int, chunk: int) -> jax.Array:
+  """`cached_attention` in XLA ops.
+
+  q (B, n, H, d); ck (layers, B, H, d, S) keys transposed, cv (layers, B, H, S, d), S a multiple of
+  `chunk` (the whole caches: chunks are sliced from them directly, so no per-layer copy is made);
+  kv_valid (B, S) bool. Only the
   key chunks up to the last new slot are visited (a dynamic trip count: the cache is filled from slot
   0 up), with an online softmax across chunks, so a rollout pays for the keys it has written, not for
   the whole fixed-size cache, and each chunk's scores stay in cache memory. Scores/softmax in float32.
@@ -110,7 +128,7 @@ def cached_attention(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: int, sta
   that the first visible key's rescale factor exp(MASK_VALUE - m) multiplies to exactly 0.
   """
   b, n, h, d = q.shape
-  slots = ck.shape[3]
+  slots = cv.shape[3]
   if slots % chunk:
     raise ValueError(f"cache of {slots} slots is not a multiple of the attention chunk {chunk}")
   qh = (q.transpose(0, 2, 1, 3) * (1.0 / math.sqrt(d))).astype(q.dtype)
@@ -119,11 +137,11 @@ def cached_attention(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: int, sta
 
   def body(c):
     i, m, l, acc = c
-    kc = jax.lax.dynamic_slice(ck, (layer, 0, 0, i * chunk, 0), (1, b, h, chunk, d))[0].astype(q.dtype)
+    kc = jax.lax.dynamic_slice(ck, (layer, 0, 0, 0, i * chunk), (1, b, h, d, chunk))[0].astype(q.dtype)
     vc = jax.lax.dynamic_slice(cv, (layer, 0, 0, i * chunk, 0), (1, b, h, chunk, d))[0].astype(q.dtype)
     kslot = i * chunk + jnp.arange(chunk)
     vis = (kslot[None, :] <= q_slot[:, None])[None] & jax.lax.dynamic_slice_in_dim(kv_valid, i * chunk, chunk, 1)[:, None]
-    s = jnp.einsum("bhqd,bhkd->bhqk", qh, kc, preferred_element_type=jnp.float32)
+    s = jnp.einsum("bhqd,bhdk->bhqk", qh, kc, preferred_element_type=jnp.float32)
     return (i + 1, *online_softmax_update((m, l, acc), jnp.where(vis[:, None], s, MASK_VALUE), vc))
 
   init = (jnp.zeros((), jnp.int32), jnp.full((b, h, n), MASK_VALUE, jnp.float32), jnp.zeros((b, h, n), jnp.float32),

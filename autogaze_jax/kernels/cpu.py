@@ -1,0 +1,137 @@
+"""Build, load and call the fused CPU attention kernel (cached_attention.cc) through XLA FFI.
+
+The shared library is compiled once per (source, compiler flags, jaxlib headers, host CPU) with the
+system C++ compiler (`$CXX`, else g++/c++) into `$AUTOGAZE_KERNEL_CACHE` (default
+~/.cache/autogaze_jax/kernels), written to a temporary name and renamed, so processes that start
+together never load a half-written file. Where no compiler works, the JAX implementation is used
+and one warning says why; `AUTOGAZE_CPU_KERNELS=0` turns the kernel off (e.g. to compare numbers).
+`AUTOGAZE_CPU_THREADS` caps the kernel's threads (default: the CPUs this process may use).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import jax.experimental.custom_partitioning
+import jax.numpy as jnp
+import numpy as np
+
+SOURCE = pathlib.Path(__file__).with_name("cached_attention.cc")
+TARGET = "autogaze_cached_attention"
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-w")
+HEAD_DIMS = (16, 32, 64, 128)
+
+
+def enabled() -> bool:
+  return os.environ.get("AUTOGAZE_CPU_KERNELS", "1") not in ("0", "false", "False", "")
+
+
+def _cpu_signature() -> str:
+  """The host CPU's model + feature flags: a -march=native build must not move to another CPU."""
+  try:
+    lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+    return "\n".join(sorted({l for l in lines if l.startswith(("flags", "model name", "Features", "CPU part"))}))
+  except OSError:
+    import platform
+    return platform.machine() + platform.processor()
+
+
+def _compiler() -> str | None:
+  for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+    if name and shutil.which(name):
+      return shutil.which(name)
+  return None
+
+
+def build(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+  """Compile the kernel if no matching build is cached; returns the .so path (raises on failure)."""
+  cxx = _compiler()
+  if cxx is None:
+    raise RuntimeError("no C++ compiler found (set CXX)")
+  include = jax.ffi.include_dir()
+  key = hashlib.sha256()
+  for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), cxx.encode(), include.encode(),
+               jax.__version__.encode(), _cpu_signature().encode()):
+    key.update(part)
+  cache = pathlib.Path(cache_dir or os.environ.get("AUTOGAZE_KERNEL_CACHE")
+                       or pathlib.Path.home() / ".cache" / "autogaze_jax" / "kernels")
+  cache.mkdir(parents=True, exist_ok=True)
+  out = cache / f"cached_attention-{key.hexdigest()[:16]}.so"
+  if out.exists():
+    return out
+  fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+  os.close(fd)
+  try:
+    proc = subprocess.run([cxx, *FLAGS, f"-I{include}", str(SOURCE), "-o", tmp], capture_output=True, text=True)
+    if proc.returncode:
+      raise RuntimeError(f"{cxx} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    os.replace(tmp, out)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+  return out
+
+
+@functools.cache
+def _registered() -> bool:
+  """Build + register once per process; False (with one warning) when the kernel cannot be built."""
+  try:
+    lib = ctypes.cdll.LoadLibrary(str(build()))
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.AutogazeCachedAttention), platform="cpu")
+    return True
+  except Exception as e:  # no compiler, no headers, unsupported host: the JAX path still works
+    logging.warning("fused CPU attention kernel unavailable, using the JAX implementation: %s", e)
+    return False
+
+
+def supports(q: jax.Array, ck: jax.Array) -> bool:
+  """Whether `cached_attention` can run these arrays (float32, a supported head dim) here."""
+  return (enabled() and q.dtype == jnp.float32 and ck.dtype == jnp.float32 and q.shape[-1] in HEAD_DIMS
+          and ck.shape[-1] % 32 == 0 and _registered())
+
+
+def _call(q, ck, cv, start, kv_valid, layer: int):
+  call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(q.shape, q.dtype), vmap_method="sequential")
+  return call(q, ck, cv, kv_valid.astype(jnp.bool_), jnp.asarray(start, jnp.int32), layer=np.int64(layer))
+
+
+def _batch_axis(sharding):
+  spec = getattr(sharding, "spec", ())
+  return spec[0] if len(spec) else None
+
+
+def _shardings(mesh, batch):
+  """Samples are independent: q / caches / mask split on their batch axis, the start slot replicated."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  ns = lambda *spec: NamedSharding(mesh, P(*spec))
+  return ns(batch), (ns(batch), ns(None, batch), ns(None, batch), ns(), ns(batch))
+
+
+def _partition(layer, mesh, arg_shapes, result_shape):
+  out, args = _shardings(mesh, _batch_axis(arg_shapes[0].sharding))
+  return mesh, functools.partial(_call, layer=layer), out, args
+
+
+def _infer(layer, mesh, arg_shapes, result_shape):
+  return _shardings(mesh, _batch_axis(arg_shapes[0].sharding))[0]
+
+
+# Under a mesh, XLA would otherwise gather the whole cache onto every device before a custom call;
+# this tells the partitioner each device can run its own samples.
+_partitioned = jax.experimental.custom_partitioning.custom_partitioning(_call, static_argnums=(5,))
+_partitioned.def_partition(partition=_partition, infer_sharding_from_operands=_infer,
+                           sharding_rule="b n h d, l b h d s, l b h s d, , b s -> b n h d")
+
+
+def cached_attention(q, ck, cv, layer: int, start, kv_valid):
+  """The kernel's cached attention: same arguments and result as `layers.cached_attention` (CPU only;
+  a query row that sees no key returns zeros). Batch-sharded inputs stay sharded."""
+  return _partitioned(q, ck, cv, jnp.asarray(start, jnp.int32), kv_valid, layer)
