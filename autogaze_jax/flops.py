@@ -23,6 +23,31 @@ def decoder_token_flops(cfg: GazeConfig) -> float:
   return float(dc.num_hidden_layers * 2 * (4 * d * d + 3 * d * f))
 
 
+def cached_feed_flops(cfg: GazeConfig, n: int, cached: int) -> float:
+  """Feeding n tokens after `cached` cache slots when only the last token's output is read (the
+  rollout's `hidden_cached`): every layer but the last runs all n tokens; the last layer projects
+  keys/values of all n and runs query, attention, o_proj and MLP for the last token only."""
+  dc = cfg.decoder
+  d, f, layers = dc.hidden_size, dc.intermediate_size, dc.num_hidden_layers
+  per_layer = decoder_token_flops(cfg) / layers
+  pairs = n * cached + n * (n + 1) / 2
+  full = (layers - 1) * (n * per_layer) + attention_flops(cfg, pairs) * (layers - 1) / layers
+  last = n * 2 * 2 * d * d + 2 * (2 * d * d + 3 * d * f) + attention_flops(cfg, cached + n) / layers
+  return float(full + last)
+
+
+def rollout_flops(cfg: GazeConfig, steps, k: int) -> float:
+  """One clip's rollout from its per-frame step counts (T,): vision, each frame's prefill
+  (deferred chunk + vision tokens) and decode steps of k tokens, heads once per step."""
+  p = cfg.num_frame_tokens
+  total, cached = vision_flops(cfg, len(steps)), 0
+  for t, s in enumerate(steps):
+    for n in [p + (k if t else 0)] + [k] * (int(s) - 1):
+      total += cached_feed_flops(cfg, n, cached)
+      cached += n
+  return total + head_flops(cfg, int(sum(int(s) for s in steps)))
+
+
 def attention_flops(cfg: GazeConfig, attended_keys: float) -> float:
   """QK^T and PV for `attended_keys` (query, visible key) pairs, all layers."""
   dc = cfg.decoder

@@ -154,8 +154,7 @@ def frame_step(model, state: RolloutState, vis: jax.Array, budget: jax.Array, th
   pos = jnp.concatenate([dpos, vpos], axis=1)
   new_valid = jnp.concatenate([dvalid, jnp.ones((b, p), bool)], axis=1)
   kv_valid = jax.lax.dynamic_update_slice(state.kv_valid, new_valid, (0, base))
-  h, cache = dec.hidden_cached(x, pos, (state.cache_k, state.cache_v), base, kv_valid)
-  h_last = h[:, -1]
+  h_last, cache = dec.hidden_cached(x, pos, (state.cache_k, state.cache_v), base, kv_valid)
   nvalid = vstart + p
   dec_pos = vstart[:, None] + (p - k) + jnp.arange(k)[None]   # reused decode positions
   dec_base = base + k + p
@@ -188,8 +187,7 @@ def frame_step(model, state: RolloutState, vis: jax.Array, budget: jax.Array, th
     feed = c["active"] | (spec.coupled & jnp.any(c["active"]))
     start = dec_base + c["step"] * k
     kvv = jax.lax.dynamic_update_slice(c["kv_valid"], jnp.broadcast_to(feed[:, None], (b, k)), (0, start))
-    hh, cache = dec.hidden_cached(dec.embed(c["last_tok"]), dec_pos, c["cache"], start, kvv)
-    hl = hh[:, -1]
+    hl, cache = dec.hidden_cached(dec.embed(c["last_tok"]), dec_pos, c["cache"], start, kvv)
     return dict(c, cache=cache, kv_valid=kvv, scores=dec.logits(hl)[:, :k], tl=dec.task_loss(hl)[:, :k],
                 step=c["step"] + 1)
 

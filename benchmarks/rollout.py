@@ -5,10 +5,10 @@
 Cases: `ratio0.1` (gazing_ratio 0.1, no stop: 26 tokens/frame, 3 decode steps) and `thr0.7`
 (gazing_ratio 0.75 with task_loss_requirement 0.7: with random weights every frame stops in its first
 step). Prints JSON per (case, batch): compile time, median seconds per call and per clip, gaze tokens/s,
-useful GFLOP per clip (vision conv, decoder linears of every fed token, attention over the keys each fed
-token can see, heads per step; see autogaze_jax/flops.py), achieved GFLOP/s and its fraction of an fp32
-matmul peak measured in the same run, and the speedup over the official PyTorch generate
-(benchmarks/official_cpu.json; the sdpa variant where one was timed).
+useful GFLOP per clip (vision conv; decoder linears and attention over the visible keys of every fed
+token, the last layer for the read-out token only; heads once per step; see autogaze_jax/flops.py),
+achieved GFLOP/s and its fraction of an fp32 matmul peak measured in the same run, and the speedup
+over the official PyTorch generate (benchmarks/official_cpu.json; the sdpa variant where one was timed).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from autogaze_jax import GazeConfig
 from autogaze_jax.autogaze import init_params
-from autogaze_jax.flops import attention_flops, decoder_token_flops, head_flops, vision_flops
+from autogaze_jax.flops import rollout_flops
 from autogaze_jax.generate import make_spec
 from autogaze_jax.rollout import budgets_from_ratio, rollout
 from benchmarks import common
@@ -29,20 +29,6 @@ from benchmarks import common
 CASES = {"ratio0.1": (0.1, None), "thr0.7": (0.75, 0.7)}
 BASELINE_KEYS = {("ratio0.1", 1): "generate_ratio0.1_b1_sdpa", ("ratio0.1", 8): "generate_ratio0.1_b8_sdpa",
                  ("thr0.7", 1): "generate_ratio0.75_thr0.7_b1", ("thr0.7", 8): "generate_ratio0.75_thr0.7_b8"}
-
-
-def rollout_flops(cfg, steps: np.ndarray, k: int) -> float:
-  """Useful FLOPs of one clip's rollout from its per-frame step counts (T,)."""
-  p = cfg.num_frame_tokens
-  fed, pairs, cached = 0, 0.0, 0
-  for t, s in enumerate(steps):
-    n_prefill = p + (k if t else 0)
-    for n in [n_prefill] + [k] * (int(s) - 1):
-      pairs += n * cached + n * (n + 1) / 2
-      cached += n
-      fed += n
-  return (vision_flops(cfg, len(steps)) + fed * decoder_token_flops(cfg) + attention_flops(cfg, pairs)
-          + head_flops(cfg, int(np.sum(steps))))
 
 
 def main():

@@ -146,21 +146,32 @@ void block(const Problem& p, int64_t b, int64_t h, int64_t r0, int rows, int64_t
     for (int u = 0; u < U; ++u) store(&p.out[((b * p.n + r0 + r) * p.H + h) * D + u * kLanes], o[r][u] * inv[r]);
 }
 
+template <int D, int R>
+void blocks(const Problem& p, int64_t b, int64_t h, int64_t last, int64_t stride, const float* bias, float* s) {
+  for (int64_t r0 = 0; r0 < p.n; r0 += R)
+    block<D, R>(p, b, h, r0, static_cast<int>(std::min<int64_t>(R, p.n - r0)), last, stride, bias, s);
+}
+
 template <int D>
 void item(const Problem& p, int64_t b, int64_t h, std::vector<float>& s, std::vector<float>& bias) {
-  constexpr int R = 8;  // rows per block: R x 2 score vectors stay in registers during QK^T
+  constexpr int kMaxRows = 8;  // rows per block: R x 2 score vectors stay in registers during QK^T
   const int64_t last = std::min<int64_t>(p.start + p.n, p.S);  // keys [0, last) were written
   const int64_t stride = round_up(last, kTile);
   const bool* valid = p.valid + b * p.S;
   bias.resize(stride);
   for (int64_t j = 0; j < stride; ++j) bias[j] = j < last && valid[j] ? 0.0f : -INFINITY;
-  s.resize(static_cast<size_t>(R) * stride);
-  for (int64_t r0 = 0; r0 < p.n; r0 += R) {
-    const int rows = static_cast<int>(std::min<int64_t>(R, p.n - r0));
-    if (rows > 4)
-      block<D, R>(p, b, h, r0, rows, last, stride, bias.data(), s.data());
-    else  // a short tail (decode steps feed 10 rows = 8 + 2) does not pay for 8
-      block<D, 4>(p, b, h, r0, rows, last, stride, bias.data(), s.data());
+  s.resize(static_cast<size_t>(kMaxRows) * stride);
+  // equal blocks of at most 8 rows (a 10-token decode step is 5 + 5, not 8 + a mostly empty 8)
+  const int64_t nblocks = (p.n + kMaxRows - 1) / kMaxRows;
+  switch ((p.n + nblocks - 1) / nblocks) {
+    case 1: blocks<D, 1>(p, b, h, last, stride, bias.data(), s.data()); break;
+    case 2: blocks<D, 2>(p, b, h, last, stride, bias.data(), s.data()); break;
+    case 3: blocks<D, 3>(p, b, h, last, stride, bias.data(), s.data()); break;
+    case 4: blocks<D, 4>(p, b, h, last, stride, bias.data(), s.data()); break;
+    case 5: blocks<D, 5>(p, b, h, last, stride, bias.data(), s.data()); break;
+    case 6: blocks<D, 6>(p, b, h, last, stride, bias.data(), s.data()); break;
+    case 7: blocks<D, 7>(p, b, h, last, stride, bias.data(), s.data()); break;
+    default: blocks<D, 8>(p, b, h, last, stride, bias.data(), s.data()); break;
   }
 }
 

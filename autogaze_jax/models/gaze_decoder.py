@@ -8,7 +8,8 @@ Two ways to run it, both pure functions of arrays:
   `hidden(x, positions, kv_valid)`: a whole sequence, causal by index, invalid keys removed
       (the teacher-forced pass);
   `hidden_cached(x, positions, cache, start, kv_valid)`: new tokens written into a fixed-size
-      slot-indexed KV cache at `start` and attending to every valid slot up to their own (rollout).
+      slot-indexed KV cache at `start` and attending to every valid slot up to their own; returns
+      the last token's hidden state (rollout).
 """
 from __future__ import annotations
 
@@ -88,15 +89,20 @@ class GazeDecoder(nnx.Module):
   def embed(self, ids: jax.Array) -> jax.Array:
     return jnp.take(self.embed_tokens[...], ids, axis=0).astype(self.cfg.jnp_dtype)
 
-  def _qkv(self, layer: DecoderLayer, x, cos, sin):
+  def _qkv(self, layer: DecoderLayer, x, cos, sin, last_query: bool = False):
+    """Rotated q, k and v (B, n, H, hd); with last_query, q only for the last token (B, 1, H, hd)."""
     dc = self.cfg.decoder
     b, n, _ = x.shape
     h = rms_norm(x, layer.input_layernorm.scale[...].astype(x.dtype), dc.rms_norm_eps)
     shape = (b, n, dc.num_attention_heads, dc.head_dim)
-    q = dense(h, layer.self_attn.q_proj.kernel[...]).reshape(shape)
     k = dense(h, layer.self_attn.k_proj.kernel[...]).reshape(shape)
     v = dense(h, layer.self_attn.v_proj.kernel[...]).reshape(shape)
-    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+    if last_query:
+      h, cos_q, sin_q = h[:, -1:], cos[:, -1:], sin[:, -1:]
+    else:
+      cos_q, sin_q = cos, sin
+    q = dense(h, layer.self_attn.q_proj.kernel[...]).reshape(b, h.shape[1], *shape[2:])
+    return apply_rope(q, cos_q, sin_q), apply_rope(k, cos, sin), v
 
   def _finish(self, layer: DecoderLayer, x, attn_out):
     dc = self.cfg.decoder
@@ -127,25 +133,31 @@ class GazeDecoder(nnx.Module):
 
   # ---- cached pass (rollout) ----
   def hidden_cached(self, x, positions, cache, start, kv_valid):
-    """Write n new tokens at cache slots [start, start+n) and attend causally by slot.
+    """Write n new tokens at cache slots [start, start+n), attend causally by slot, return the last.
 
     x (B, n, D); positions (B, n); cache = (k, v): k (layers, B, H, hd, S) keys transposed and v
     (layers, B, H, S, hd), so both attention matmuls read the cache contiguously along their inner
-    loop (QK^T over slots, PV over head dims) without a transpose; start: int scalar; kv_valid (B, S) bool validity
-    of every slot *including* the new ones; slots are filled from 0 up, so only keys below
-    start + n are read (see `cached_attention`). Returns (final-normed hidden (B, n, D), new cache).
+    loop (QK^T over slots, PV over head dims) without a transpose; start: int scalar; kv_valid (B, S)
+    bool validity of every slot *including* the new ones; slots are filled from 0 up, so only keys
+    below start + n are read (see `cached_attention`). Returns (final-normed hidden of the last new
+    token (B, D), new cache). The rollout reads only that token, so the last layer runs its query,
+    attention, o_proj and MLP for it alone (rows are independent there); every token's keys and
+    values are still written for the later steps.
     """
     ck, cv = cache
     slots = cv.shape[3]
     chunk = min(ATTN_CHUNK, slots)
+    n, last = x.shape[1], len(self.layers) - 1
     cos, sin = self._rope(positions)
     for i, layer in enumerate(self.layers):
-      q, k, v = self._qkv(layer, x, cos, sin)
+      q, k, v = self._qkv(layer, x, cos, sin, last_query=i == last)
       # (B, n, H, hd) -> (1, B, H, hd, n) / (1, B, H, n, hd), written in place into the caches
       ck = jax.lax.dynamic_update_slice(ck, k.transpose(0, 2, 3, 1)[None].astype(ck.dtype), (i, 0, 0, 0, start))
       cv = jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 1, 3)[None].astype(cv.dtype), (i, 0, 0, start, 0))
+      if i == last:
+        x, start = x[:, -1:], start + n - 1
       x = self._finish(layer, x, cached_attention(q, ck, cv, i, start, kv_valid, chunk))
-    return self.final_norm(x), (ck, cv)
+    return self.final_norm(x[:, 0]), (ck, cv)
 
   def init_cache(self, batch: int, slots: int, dtype=None):
     dc = self.cfg.decoder
