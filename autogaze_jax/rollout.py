@@ -132,11 +132,13 @@ def _select(scores, tl, gen, glen, active, first, budget, thr, temperature, spec
 
 
 def frame_step(model, state: RolloutState, vis: jax.Array, budget: jax.Array, thr: jax.Array,
-               temperature: jax.Array, key: jax.Array, spec: RolloutSpec):
+               temperature: jax.Array, key: jax.Array, spec: RolloutSpec, rope_table=None):
   """Gaze one frame for the whole batch.
 
   vis (B, P, D) connector output of this frame; budget (B,) int tokens allowed; thr (B,) float32
-  task-loss requirement (ignored unless spec.use_threshold); temperature () float (sampling only).
+  task-loss requirement (ignored unless spec.use_threshold); temperature () float (sampling only);
+  rope_table: the decoder's `rope_table` over the cache slots (made here when not given; a scan over
+  frames passes one made once).
   Returns (new state, out) with out = {tokens (B, gen_slots) local ids (EOS after the frame's
   length), length (B,), trace_tl / trace_chosen (max_steps, B, k), steps ()}.
   """
@@ -144,6 +146,7 @@ def frame_step(model, state: RolloutState, vis: jax.Array, budget: jax.Array, th
   k, p, eos = spec.tokens_per_step, cfg.num_frame_tokens, cfg.eos_token_id
   b = vis.shape[0]
   base = state.cursor
+  rope = dec.rope_table(state.kv_valid.shape[1]) if rope_table is None else rope_table
   # ---- prefill: [deferred chunk | vision] at cumsum positions ----
   dvalid = (jnp.arange(k)[None] < state.defer_n[:, None]) & (state.defer_tok != eos)
   dpos = state.nvalid[:, None] + jnp.cumsum(dvalid, axis=1) - 1
@@ -154,7 +157,7 @@ def frame_step(model, state: RolloutState, vis: jax.Array, budget: jax.Array, th
   pos = jnp.concatenate([dpos, vpos], axis=1)
   new_valid = jnp.concatenate([dvalid, jnp.ones((b, p), bool)], axis=1)
   kv_valid = jax.lax.dynamic_update_slice(state.kv_valid, new_valid, (0, base))
-  h_last, cache = dec.hidden_cached(x, pos, (state.cache_k, state.cache_v), base, kv_valid)
+  h_last, cache = dec.hidden_cached(x, pos, (state.cache_k, state.cache_v), base, kv_valid, rope)
   nvalid = vstart + p
   dec_pos = vstart[:, None] + (p - k) + jnp.arange(k)[None]   # reused decode positions
   dec_base = base + k + p
@@ -187,7 +190,7 @@ def frame_step(model, state: RolloutState, vis: jax.Array, budget: jax.Array, th
     feed = c["active"] | (spec.coupled & jnp.any(c["active"]))
     start = dec_base + c["step"] * k
     kvv = jax.lax.dynamic_update_slice(c["kv_valid"], jnp.broadcast_to(feed[:, None], (b, k)), (0, start))
-    hl, cache = dec.hidden_cached(dec.embed(c["last_tok"]), dec_pos, c["cache"], start, kvv)
+    hl, cache = dec.hidden_cached(dec.embed(c["last_tok"]), dec_pos, c["cache"], start, kvv, rope)
     return dict(c, cache=cache, kv_valid=kvv, scores=dec.logits(hl)[:, :k], tl=dec.task_loss(hl)[:, :k],
                 step=c["step"] + 1)
 
@@ -227,10 +230,11 @@ def rollout_frames(model, vis, budgets, thr, temperature, key, spec: RolloutSpec
   if t > spec.max_frames:
     raise ValueError(f"clip has {t} frames but the rollout cache holds {spec.max_frames}")
   state = init_state(model, spec, b) if state is None else state
+  rope = model.gaze_decoder.rope_table(state.kv_valid.shape[1])
 
   def body(st, xs):
     v, bud, th, i = xs
-    return frame_step(model, st, v, bud, th, temperature, jax.random.fold_in(key, i), spec)
+    return frame_step(model, st, v, bud, th, temperature, jax.random.fold_in(key, i), spec, rope)
 
   xs = (jnp.swapaxes(vis, 0, 1), jnp.swapaxes(budgets, 0, 1), jnp.swapaxes(thr, 0, 1), jnp.arange(t))
   state, outs = jax.lax.scan(body, state, xs)

@@ -85,7 +85,17 @@ void block(const Problem& p, int64_t b, int64_t h, int64_t r0, int rows, int64_t
   const int64_t keys = std::min<int64_t>(p.start + r0 + rows, last);  // up to the last row's own slot
   const int64_t kpad = round_up(keys, kTile);                          // <= S (S % kTile == 0)
 
-  for (int64_t j0 = 0; j0 < kpad; j0 += kTile) {  // scores = q K^T
+  // scores = q K^T, stored masked (bias: invalid keys; lane test: keys after the row's own slot)
+  // with each row's running max
+  vi lane;
+  for (int l = 0; l < kLanes; ++l) lane[l] = l;
+  int32_t lim[R];
+  vf vmax[R];
+  for (int r = 0; r < R; ++r) {
+    lim[r] = r < rows ? static_cast<int32_t>(std::min<int64_t>(p.start + r0 + r + 1, last)) : 0;
+    vmax[r] = splat(-INFINITY);
+  }
+  for (int64_t j0 = 0; j0 < kpad; j0 += kTile) {
     vf acc[R][2] = {};
     for (int c = 0; c < D; ++c) {
       const vf k0 = load(KT + c * p.S + j0), k1 = load(KT + c * p.S + j0 + kLanes);
@@ -94,27 +104,23 @@ void block(const Problem& p, int64_t b, int64_t h, int64_t r0, int rows, int64_t
         acc[r][1] += qs[r][c] * k1;
       }
     }
+    const vf b0 = load(bias + j0), b1 = load(bias + j0 + kLanes);
+    const vi idx = lane + static_cast<int32_t>(j0);
     for (int r = 0; r < R; ++r) {
-      store(s + r * stride + j0, acc[r][0]);
-      store(s + r * stride + j0 + kLanes, acc[r][1]);
+      const vf x0 = idx < lim[r] ? acc[r][0] + b0 : splat(-INFINITY);
+      const vf x1 = idx + kLanes < lim[r] ? acc[r][1] + b1 : splat(-INFINITY);
+      store(s + r * stride + j0, x0);
+      store(s + r * stride + j0 + kLanes, x1);
+      vmax[r] = vmax[r] > x0 ? vmax[r] : x0;
+      vmax[r] = vmax[r] > x1 ? vmax[r] : x1;
     }
   }
 
   float inv[R];  // exact softmax per row; P = 0 on invisible keys (select, so stale NaNs vanish too)
-  vi lane;
-  for (int l = 0; l < kLanes; ++l) lane[l] = l;
   for (int r = 0; r < R; ++r) {
     float* row = s + r * stride;
-    const int32_t lim = r < rows ? static_cast<int32_t>(std::min<int64_t>(p.start + r0 + r + 1, last)) : 0;
-    vf vmax = splat(-INFINITY);
-    for (int64_t j = 0; j < kpad; j += kLanes) {
-      vf x = load(row + j) + load(bias + j);
-      x = (lane + static_cast<int32_t>(j)) < lim ? x : splat(-INFINITY);
-      store(row + j, x);
-      vmax = vmax > x ? vmax : x;
-    }
     float m = -INFINITY;
-    for (int l = 0; l < kLanes; ++l) m = std::max(m, vmax[l]);
+    for (int l = 0; l < kLanes; ++l) m = std::max(m, vmax[r][l]);
     if (m == -INFINITY) {  // no visible key
       std::fill(row, row + kpad, 0.0f);
       inv[r] = 0.0f;
@@ -154,24 +160,32 @@ void blocks(const Problem& p, int64_t b, int64_t h, int64_t last, int64_t stride
 
 template <int D>
 void item(const Problem& p, int64_t b, int64_t h, std::vector<float>& s, std::vector<float>& bias) {
-  constexpr int kMaxRows = 8;  // rows per block: R x 2 score vectors stay in registers during QK^T
+  // rows per block: R x 2 score vectors + 2 key vectors stay in the 32 vector registers during
+  // QK^T (R = 12 at head dim <= 32; larger heads need R x D/16 registers for P V, so fewer rows)
+  constexpr int kMaxRows = D <= 32 ? 12 : 8;
   const int64_t last = std::min<int64_t>(p.start + p.n, p.S);  // keys [0, last) were written
   const int64_t stride = round_up(last, kTile);
   const bool* valid = p.valid + b * p.S;
   bias.resize(stride);
   for (int64_t j = 0; j < stride; ++j) bias[j] = j < last && valid[j] ? 0.0f : -INFINITY;
   s.resize(static_cast<size_t>(kMaxRows) * stride);
-  // equal blocks of at most 8 rows (a 10-token decode step is 5 + 5, not 8 + a mostly empty 8)
+  // equal blocks of at most kMaxRows rows (a 10-token decode step is one block of 10, not 8 + 2)
   const int64_t nblocks = (p.n + kMaxRows - 1) / kMaxRows;
+  const float* bs = bias.data();
+  float* ss = s.data();
   switch ((p.n + nblocks - 1) / nblocks) {
-    case 1: blocks<D, 1>(p, b, h, last, stride, bias.data(), s.data()); break;
-    case 2: blocks<D, 2>(p, b, h, last, stride, bias.data(), s.data()); break;
-    case 3: blocks<D, 3>(p, b, h, last, stride, bias.data(), s.data()); break;
-    case 4: blocks<D, 4>(p, b, h, last, stride, bias.data(), s.data()); break;
-    case 5: blocks<D, 5>(p, b, h, last, stride, bias.data(), s.data()); break;
-    case 6: blocks<D, 6>(p, b, h, last, stride, bias.data(), s.data()); break;
-    case 7: blocks<D, 7>(p, b, h, last, stride, bias.data(), s.data()); break;
-    default: blocks<D, 8>(p, b, h, last, stride, bias.data(), s.data()); break;
+    case 1: blocks<D, 1>(p, b, h, last, stride, bs, ss); break;
+    case 2: blocks<D, 2>(p, b, h, last, stride, bs, ss); break;
+    case 3: blocks<D, 3>(p, b, h, last, stride, bs, ss); break;
+    case 4: blocks<D, 4>(p, b, h, last, stride, bs, ss); break;
+    case 5: blocks<D, 5>(p, b, h, last, stride, bs, ss); break;
+    case 6: blocks<D, 6>(p, b, h, last, stride, bs, ss); break;
+    case 7: blocks<D, 7>(p, b, h, last, stride, bs, ss); break;
+    case 8: blocks<D, 8>(p, b, h, last, stride, bs, ss); break;
+    case 9: blocks<D, (kMaxRows >= 9 ? 9 : 8)>(p, b, h, last, stride, bs, ss); break;
+    case 10: blocks<D, (kMaxRows >= 10 ? 10 : 8)>(p, b, h, last, stride, bs, ss); break;
+    case 11: blocks<D, (kMaxRows >= 11 ? 11 : 8)>(p, b, h, last, stride, bs, ss); break;
+    default: blocks<D, kMaxRows>(p, b, h, last, stride, bs, ss); break;
   }
 }
 

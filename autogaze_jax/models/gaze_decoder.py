@@ -7,7 +7,7 @@ position, head-major (`h * vocab + v`), and `task_loss_prediction_head` K raw sc
 Two ways to run it, both pure functions of arrays:
   `hidden(x, positions, kv_valid)`: a whole sequence, causal by index, invalid keys removed
       (the teacher-forced pass);
-  `hidden_cached(x, positions, cache, start, kv_valid)`: new tokens written into a fixed-size
+  `hidden_cached(x, positions, cache, start, kv_valid, rope_table)`: new tokens written into a fixed-size
       slot-indexed KV cache at `start` and attending to every valid slot up to their own; returns
       the last token's hidden state (rollout).
 """
@@ -115,6 +115,12 @@ class GazeDecoder(nnx.Module):
     dc = self.cfg.decoder
     return rope_cos_sin(positions, llama3_inv_freq(dc.head_dim, dc.rope_theta, dc.rope_scaling))
 
+  def rope_table(self, n: int):
+    """cos, sin (n, hd) of positions 0..n-1, for `hidden_cached`. Gathering rows of a table made once
+    per rollout is what keeps sin/cos out of the decoder: computed from positions inline, XLA fuses
+    them into every consumer (each layer's q and k, per head) and recomputes them there."""
+    return self._rope(jnp.arange(n))
+
   def final_norm(self, x):
     return rms_norm(x, self.norm.scale[...].astype(x.dtype), self.cfg.decoder.rms_norm_eps)
 
@@ -132,14 +138,15 @@ class GazeDecoder(nnx.Module):
     return self.final_norm(x)
 
   # ---- cached pass (rollout) ----
-  def hidden_cached(self, x, positions, cache, start, kv_valid):
+  def hidden_cached(self, x, positions, cache, start, kv_valid, rope_table):
     """Write n new tokens at cache slots [start, start+n), attend causally by slot, return the last.
 
     x (B, n, D); positions (B, n); cache = (k, v): k (layers, B, H, hd, S) keys transposed and v
     (layers, B, H, S, hd), so both attention matmuls read the cache contiguously along their inner
     loop (QK^T over slots, PV over head dims) without a transpose; start: int scalar; kv_valid (B, S)
     bool validity of every slot *including* the new ones; slots are filled from 0 up, so only keys
-    below start + n are read (see `cached_attention`). Returns (final-normed hidden of the last new
+    below start + n are read (see `cached_attention`); rope_table = `rope_table(S)` (positions never
+    exceed the slots written; a position past the table would give NaN, not a silent wrong angle). Returns (final-normed hidden of the last new
     token (B, D), new cache). The rollout reads only that token, so the last layer runs its query,
     attention, o_proj and MLP for it alone (rows are independent there); every token's keys and
     values are still written for the later steps.
@@ -148,7 +155,7 @@ class GazeDecoder(nnx.Module):
     slots = cv.shape[3]
     chunk = min(ATTN_CHUNK, slots)
     n, last = x.shape[1], len(self.layers) - 1
-    cos, sin = self._rope(positions)
+    cos, sin = (jnp.take(t, positions, axis=0, mode="fill", fill_value=jnp.nan) for t in rope_table)
     for i, layer in enumerate(self.layers):
       q, k, v = self._qkv(layer, x, cos, sin, last_query=i == last)
       # (B, n, H, hd) -> (1, B, H, hd, n) / (1, B, H, n, hd), written in place into the caches
