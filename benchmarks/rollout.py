@@ -1,6 +1,6 @@
 """Compiled gaze rollout on 16x224x224 clips at the default config (random weights).
 
-  python -m benchmarks.rollout [--batches 1,8,64] [--repeats 3] [--cases ratio0.1,thr0.7]
+  python -m benchmarks.rollout [--batches 1,8,64] [--repeats 5] [--cases ratio0.1,thr0.7]
 
 Cases: `ratio0.1` (gazing_ratio 0.1, no stop: 26 tokens/frame, 3 decode steps) and `thr0.7`
 (gazing_ratio 0.75 with task_loss_requirement 0.7: with random weights every frame stops in its first
@@ -35,7 +35,7 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--batches", default="1,8,64")
   ap.add_argument("--cases", default="ratio0.1,thr0.7")
-  ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--frames", type=int, default=16)
   args = ap.parse_args()
 

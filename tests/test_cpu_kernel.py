@@ -9,40 +9,52 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from autogaze_jax import AutoGaze
 from autogaze_jax.kernels import cpu
-from autogaze_jax.models.layers import cached_attention, cached_attention_jax
+from autogaze_jax.models.layers import cached_attention
 from conftest import FIXTURES
 
 pytestmark = pytest.mark.skipif(not cpu.supports(jnp.zeros((1, 1, 1, 32)), jnp.zeros((1, 1, 1, 32, 32))),
                                 reason="the CPU kernel cannot be built here (see the logged warning)")
 
 
-def _inputs(rng, b, n, h, d, s, density, layers=3):
-  q = jnp.asarray(rng.normal(size=(b, n, h, d)), jnp.float32)
-  ck = jnp.asarray(rng.normal(size=(layers, b, h, d, s)), jnp.float32)
-  cv = jnp.asarray(rng.normal(size=(layers, b, h, s, d)), jnp.float32)
-  valid = rng.random((b, s)) < density
-  return q, ck, cv, valid
+def _inputs(rng, b, n, nq, h, d, s, density, layers=3):
+  arr = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+  return (arr(b, nq, h, d), arr(b, n, h, d), arr(b, n, h, d), arr(layers, b, h, d, s), arr(layers, b, h, s, d),
+          rng.random((b, s)) < density)
 
 
-def _seen(valid, start, n):
-  """(B, n) whether query row i (slot start + i) sees any valid key j <= start + i."""
-  return np.stack([[valid[b, :start + i + 1].any() for i in range(n)] for b in range(valid.shape[0])])
+def _seen(valid, q_start, nq):
+  """(B, nq) whether query row i (slot q_start + i) sees any valid key j <= its slot."""
+  return np.stack([[valid[b, :q_start + i + 1].any() for i in range(nq)] for b in range(valid.shape[0])])
 
 
-@pytest.mark.parametrize("b,n,h,d,s,start,density", [
-    (1, 206, 6, 32, 1024, 700, 0.9),    # a frame's prefill over earlier frames
-    (2, 10, 6, 32, 512, 300, 0.7),      # a decode step (8 + 2 row blocks)
-    (3, 5, 2, 64, 256, 0, 0.5),         # first tokens: early rows may see nothing
-    (1, 3, 4, 16, 256, 250, 1.0),       # keys up to the very end of the cache
-    (2, 37, 1, 128, 512, 100, 0.3),
+def _both(args, layer=1):
+  """(kernel, XLA) results of `cached_attention` on the same inputs."""
+  out = {}
+  for impl in ("kernel", "xla"):
+    os.environ["AUTOGAZE_CPU_KERNELS"] = "1" if impl == "kernel" else "0"
+    try:
+      f = jax.jit(lambda q, k, v, ck, cv, st, va: cached_attention(q, k, v, ck, cv, layer, st, va, 256))
+      out[impl] = [np.asarray(x) for x in f(*args)]
+    finally:
+      os.environ.pop("AUTOGAZE_CPU_KERNELS")
+  return out["kernel"], out["xla"]
+
+
+@pytest.mark.parametrize("b,n,nq,h,d,s,start,density", [
+    (1, 206, 206, 6, 32, 1024, 700, 0.9),  # a frame's prefill over earlier frames
+    (2, 10, 10, 6, 32, 512, 300, 0.7),     # a decode step
+    (2, 10, 1, 6, 32, 512, 300, 0.7),      # the last layer: only the read-out token queries
+    (3, 5, 5, 2, 64, 256, 0, 0.5),         # first tokens: early rows may see nothing
+    (1, 3, 2, 4, 16, 256, 253, 1.0),       # keys up to the very end of the cache
+    (2, 37, 37, 1, 128, 512, 100, 0.3),
 ])
-def test_kernel_equals_xla_attention(b, n, h, d, s, start, density):
+def test_kernel_equals_xla_attention(b, n, nq, h, d, s, start, density):
   rng = np.random.default_rng(n + s)
-  q, ck, cv, valid = _inputs(rng, b, n, h, d, s, density)
-  args = (q, ck, cv, jnp.int32(start), jnp.asarray(valid))
-  ref = np.asarray(jax.jit(lambda *a: cached_attention_jax(*a, layer=1, chunk=256))(*args))
-  out = np.asarray(jax.jit(lambda q, ck, cv, st, v: cpu.cached_attention(q, ck, cv, 1, st, v))(*args))
-  seen = _seen(valid, start, n)
+  q, k, v, ck, cv, valid = _inputs(rng, b, n, nq, h, d, s, density)
+  (out, ck1, cv1), (ref, ck0, cv0) = _both((q, k, v, ck, cv, jnp.int32(start), jnp.asarray(valid)))
+  np.testing.assert_array_equal(ck1, ck0)   # the same cache writes, nothing else touched
+  np.testing.assert_array_equal(cv1, cv0)
+  seen = _seen(valid, start + n - nq, nq)
   assert seen.any()
   np.testing.assert_allclose(out[seen], ref[seen], rtol=2e-5, atol=2e-6)
   np.testing.assert_array_equal(out[~seen], 0.0)   # rows without a visible key: zeros, not NaN
@@ -51,30 +63,30 @@ def test_kernel_equals_xla_attention(b, n, h, d, s, start, density):
 def test_kernel_is_the_cpu_path_and_ignores_stale_keys():
   """`cached_attention` dispatches to the kernel here; keys past start + n (stale or NaN) never leak."""
   rng = np.random.default_rng(0)
-  q, ck, cv, valid = _inputs(rng, 2, 10, 6, 32, 256, 1.0)
-  ck = ck.at[:, :, :, :, 120:].set(jnp.nan)
-  cv = cv.at[:, :, 120:].set(jnp.nan)
-  f = jax.jit(lambda q, ck, cv: cached_attention(q, ck, cv, 0, jnp.int32(100), jnp.asarray(valid), 256))
-  assert "autogaze_cached_attention" in f.lower(q, ck, cv).as_text()
-  out = np.asarray(f(q, ck, cv))
-  ref = np.asarray(cached_attention_jax(q, ck.at[..., 120:].set(0), cv.at[:, :, :, 120:].set(0), jnp.int32(100),
-                                        jnp.asarray(valid), layer=0, chunk=256))
-  np.testing.assert_allclose(out, ref, rtol=2e-5, atol=2e-6)
+  q, k, v, ck, cv, valid = _inputs(rng, 2, 10, 10, 6, 32, 256, 1.0)
+  ck, cv = ck.at[..., 120:].set(jnp.nan), cv.at[:, :, :, 120:].set(jnp.nan)
+  f = jax.jit(lambda *a: cached_attention(*a, 0, jnp.int32(100), jnp.asarray(valid), 256))
+  assert "autogaze_cached_attention" in f.lower(q, k, v, ck, cv).as_text()
+  out = np.asarray(f(q, k, v, ck, cv)[0])
+  clean = (q, k, v, jnp.nan_to_num(ck), jnp.nan_to_num(cv), jnp.int32(100), jnp.asarray(valid))
+  np.testing.assert_allclose(out, _both(clean, layer=0)[1][0], rtol=2e-5, atol=2e-6)
 
 
 def test_kernel_sharded_equals_single_device():
   """Batch-sharded inputs are attended per device (no gather of the cache) with the same numbers."""
   rng = np.random.default_rng(1)
-  q, ck, cv, valid = _inputs(rng, 8, 10, 6, 32, 512, 0.8)
-  f = jax.jit(lambda q, ck, cv, v: cached_attention(q, ck, cv, 2, jnp.int32(300), v, 256))
-  single = np.asarray(f(q, ck, cv, jnp.asarray(valid)))
+  q, k, v, ck, cv, valid = _inputs(rng, 8, 10, 10, 6, 32, 512, 0.8)
+  f = jax.jit(lambda q, k, v, ck, cv, va: cached_attention(q, k, v, ck, cv, 2, jnp.int32(300), va, 256))
+  single = [np.asarray(x) for x in f(q, k, v, ck, cv, jnp.asarray(valid))]
   mesh = jax.make_mesh((8,), ("data",))
   put = lambda x, *spec: jax.device_put(x, NamedSharding(mesh, P(*spec)))
-  args = (put(q, "data"), put(ck, None, "data"), put(cv, None, "data"), put(jnp.asarray(valid), "data"))
+  args = (put(q, "data"), put(k, "data"), put(v, "data"), put(ck, None, "data"), put(cv, None, "data"),
+          put(jnp.asarray(valid), "data"))
   out = jax.block_until_ready(f(*args))
-  assert out.sharding.spec[0] == "data"
+  assert out[0].sharding.spec[0] == "data" and out[1].sharding.spec[1] == "data"
   assert "all-gather" not in f.lower(*args).compile().as_text()
-  np.testing.assert_array_equal(np.asarray(out), single)
+  for a, b in zip(out, single):
+    np.testing.assert_array_equal(np.asarray(a), b)
 
 
 def test_rollout_identical_with_and_without_kernel(monkeypatch):

@@ -9,10 +9,14 @@
 // Written with GCC/Clang vector extensions, so it builds for whatever SIMD the host has
 // (-march=native); no intrinsics.
 //
-// Semantics (equal to layers.cached_attention_jax up to float rounding): q (B, n, H, d) unscaled;
-// ck (layers, B, H, d, S), cv (layers, B, H, S, d), S a multiple of 32; query row i sits at slot
-// start + i and sees key j iff j <= start + i and valid[b, j]. A row that sees no key returns zeros
-// (the rollout never uses such a row).
+// Semantics (equal to layers.cached_attention's XLA path up to float rounding): the n new tokens' keys
+// and values k, v (B, n, H, d) are first written into layer `layer` of the caches at slots
+// [start, start + n) (ck (layers, B, H, d, S) keys transposed, cv (layers, B, H, S, d), S a multiple
+// of 32; the caches are updated in place: outputs alias inputs), then the queries q (B, nq, H, d),
+// unscaled, = the last nq new tokens attend: query row i sits at slot start + n - nq + i and sees key
+// j iff j <= its slot and valid[b, j]. A row that sees no key returns zeros (the rollout never uses
+// such a row). Writing the cache here rather than in XLA saves a strided, unvectorised
+// dynamic-update-slice loop per layer.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -64,10 +68,11 @@ inline vf vexp(vf x) {
 }
 
 struct Problem {
-  const float *q, *ck, *cv;
+  const float *q, *kn, *vn;
+  float *ck, *cv;
   const bool* valid;
   float* out;
-  int64_t B, n, H, S, layer, start;
+  int64_t B, n, H, S, layer, start, nw;  // n query rows; nw written tokens from slot start - (nw - n)
 };
 
 // Rows [r0, r0 + rows) of item (b, h), rows <= R. `s` holds R score rows of `stride` floats, `bias`
@@ -159,7 +164,23 @@ void blocks(const Problem& p, int64_t b, int64_t h, int64_t last, int64_t stride
 }
 
 template <int D>
+void write(const Problem& p, int64_t b, int64_t h) {
+  const size_t item = (static_cast<size_t>(p.layer) * p.B + b) * p.H + h;
+  float* KT = p.ck + item * p.S * D;
+  float* V = p.cv + item * p.S * D;
+  const int64_t w0 = p.start - (p.nw - p.n);
+  for (int64_t i = 0; i < p.nw; ++i) {
+    const size_t src = ((b * p.nw + i) * p.H + h) * D;
+    for (int c = 0; c < D; ++c) {
+      KT[c * p.S + w0 + i] = p.kn[src + c];
+      V[(w0 + i) * D + c] = p.vn[src + c];
+    }
+  }
+}
+
+template <int D>
 void item(const Problem& p, int64_t b, int64_t h, std::vector<float>& s, std::vector<float>& bias) {
+  write<D>(p, b, h);  // this item's cache rows only: items never touch each other's memory
   // rows per block: R x 2 score vectors + 2 key vectors stay in the 32 vector registers during
   // QK^T (R = 12 at head dim <= 32; larger heads need R x D/16 registers for P V, so fewer rows)
   constexpr int kMaxRows = D <= 32 ? 12 : 8;
@@ -233,16 +254,25 @@ void run(const Problem& p, ffi::ThreadPool& pool) {
   while (sh->done.load(std::memory_order_acquire) < sh->items) std::this_thread::yield();
 }
 
-ffi::Error Impl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> ck, ffi::Buffer<ffi::F32> cv,
-                ffi::Buffer<ffi::PRED> valid, ffi::Buffer<ffi::S32> start, ffi::ResultBuffer<ffi::F32> out,
-                int64_t layer, ffi::ThreadPool pool) {
-  const auto qd = q.dimensions(), kd = ck.dimensions(), vd = cv.dimensions();
-  if (qd.size() != 4 || kd.size() != 5 || vd.size() != 5) return ffi::Error::InvalidArgument("cached_attention: bad ranks");
-  Problem p{q.typed_data(), ck.typed_data(), cv.typed_data(), valid.typed_data(), out->typed_data(),
-            qd[0], qd[1], qd[2], vd[3], layer, static_cast<int64_t>(*start.typed_data())};
+ffi::Error Impl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> kn, ffi::Buffer<ffi::F32> vn,
+                ffi::Buffer<ffi::F32> ck, ffi::Buffer<ffi::F32> cv, ffi::Buffer<ffi::PRED> valid,
+                ffi::Buffer<ffi::S32> start, ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> ck_out,
+                ffi::ResultBuffer<ffi::F32> cv_out, int64_t layer, ffi::ThreadPool pool) {
+  const auto qd = q.dimensions(), nd = kn.dimensions(), kd = ck.dimensions(), vd = cv.dimensions();
+  if (qd.size() != 4 || nd.size() != 4 || kd.size() != 5 || vd.size() != 5)
+    return ffi::Error::InvalidArgument("cached_attention: bad ranks");
+  // the caches are aliased to the outputs; copy only if XLA ever hands separate buffers
+  if (ck_out->typed_data() != ck.typed_data())
+    std::copy(ck.typed_data(), ck.typed_data() + ck.element_count(), ck_out->typed_data());
+  if (cv_out->typed_data() != cv.typed_data())
+    std::copy(cv.typed_data(), cv.typed_data() + cv.element_count(), cv_out->typed_data());
+  const int64_t nw = nd[1], w0 = static_cast<int64_t>(*start.typed_data());
+  Problem p{q.typed_data(), kn.typed_data(), vn.typed_data(), ck_out->typed_data(), cv_out->typed_data(),
+            valid.typed_data(), out->typed_data(), qd[0], qd[1], qd[2], vd[3], layer, w0 + nw - qd[1], nw};
   const int64_t d = qd[3];
-  if (kd[1] != p.B || kd[2] != p.H || kd[3] != d || kd[4] != p.S || vd[0] != kd[0] || vd[1] != p.B ||
-      vd[2] != p.H || vd[4] != d || layer < 0 || layer >= kd[0] || p.start < 0 || p.S % kTile)
+  if (nd[0] != p.B || nd[2] != p.H || nd[3] != d || vn.dimensions().size() != 4 || vn.element_count() != kn.element_count() ||
+      qd[1] > nw || kd[1] != p.B || kd[2] != p.H || kd[3] != d || kd[4] != p.S || vd[0] != kd[0] || vd[1] != p.B ||
+      vd[2] != p.H || vd[4] != d || layer < 0 || layer >= kd[0] || w0 < 0 || w0 + nw > p.S || p.S % kTile)
     return ffi::Error::InvalidArgument("cached_attention: inconsistent shapes");
   switch (d) {
     case 16: run<16>(p, pool); break;
@@ -261,8 +291,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AutogazeCachedAttention, Impl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::PRED>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("layer")
                                   .Ctx<ffi::ThreadPool>());

@@ -98,9 +98,11 @@ def supports(q: jax.Array, ck: jax.Array) -> bool:
           and ck.shape[-1] % 32 == 0 and _registered())
 
 
-def _call(q, ck, cv, start, kv_valid, layer: int):
-  call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(q.shape, q.dtype), vmap_method="sequential")
-  return call(q, ck, cv, kv_valid.astype(jnp.bool_), jnp.asarray(start, jnp.int32), layer=np.int64(layer))
+def _call(q, k, v, ck, cv, start, kv_valid, layer: int):
+  shapes = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(ck.shape, ck.dtype),
+            jax.ShapeDtypeStruct(cv.shape, cv.dtype))
+  call = jax.ffi.ffi_call(TARGET, shapes, vmap_method="sequential", input_output_aliases={3: 1, 4: 2})
+  return call(q, k, v, ck, cv, kv_valid.astype(jnp.bool_), jnp.asarray(start, jnp.int32), layer=np.int64(layer))
 
 
 def _batch_axis(sharding):
@@ -109,10 +111,10 @@ def _batch_axis(sharding):
 
 
 def _shardings(mesh, batch):
-  """Samples are independent: q / caches / mask split on their batch axis, the start slot replicated."""
+  """Samples are independent: tokens / caches / mask split on their batch axis, the start slot replicated."""
   from jax.sharding import NamedSharding, PartitionSpec as P
-  ns = lambda *spec: NamedSharding(mesh, P(*spec))
-  return ns(batch), (ns(batch), ns(None, batch), ns(None, batch), ns(), ns(batch))
+  tok, cache = NamedSharding(mesh, P(batch)), NamedSharding(mesh, P(None, batch))
+  return (tok, cache, cache), (tok, tok, tok, cache, cache, NamedSharding(mesh, P()), tok)
 
 
 def _partition(layer, mesh, arg_shapes, result_shape):
@@ -126,12 +128,13 @@ def _infer(layer, mesh, arg_shapes, result_shape):
 
 # Under a mesh, XLA would otherwise gather the whole cache onto every device before a custom call;
 # this tells the partitioner each device can run its own samples.
-_partitioned = jax.experimental.custom_partitioning.custom_partitioning(_call, static_argnums=(5,))
-_partitioned.def_partition(partition=_partition, infer_sharding_from_operands=_infer,
-                           sharding_rule="b n h d, l b h d s, l b h s d, , b s -> b n h d")
+_partitioned = jax.experimental.custom_partitioning.custom_partitioning(_call, static_argnums=(7,))
+_partitioned.def_partition(
+    partition=_partition, infer_sharding_from_operands=_infer,
+    sharding_rule="b n h d, b m h d, b m h d, l b h d s, l b h s d, , b s -> b n h d, l b h d s, l b h s d")
 
 
-def cached_attention(q, ck, cv, layer: int, start, kv_valid):
-  """The kernel's cached attention: same arguments and result as `layers.cached_attention` (CPU only;
-  a query row that sees no key returns zeros). Batch-sharded inputs stay sharded."""
-  return _partitioned(q, ck, cv, jnp.asarray(start, jnp.int32), kv_valid, layer)
+def cached_attention(q, k, v, ck, cv, layer: int, start, kv_valid):
+  """The kernel's `layers.cached_attention`: same arguments and results (CPU only; the caches are
+  updated in place; a query row that sees no key returns zeros). Batch-sharded inputs stay sharded."""
+  return _partitioned(q, k, v, ck, cv, jnp.asarray(start, jnp.int32), kv_valid, layer)

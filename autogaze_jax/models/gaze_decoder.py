@@ -154,16 +154,12 @@ class GazeDecoder(nnx.Module):
     ck, cv = cache
     slots = cv.shape[3]
     chunk = min(ATTN_CHUNK, slots)
-    n, last = x.shape[1], len(self.layers) - 1
+    last = len(self.layers) - 1
     cos, sin = (jnp.take(t, positions, axis=0, mode="fill", fill_value=jnp.nan) for t in rope_table)
     for i, layer in enumerate(self.layers):
       q, k, v = self._qkv(layer, x, cos, sin, last_query=i == last)
-      # (B, n, H, hd) -> (1, B, H, hd, n) / (1, B, H, n, hd), written in place into the caches
-      ck = jax.lax.dynamic_update_slice(ck, k.transpose(0, 2, 3, 1)[None].astype(ck.dtype), (i, 0, 0, 0, start))
-      cv = jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 1, 3)[None].astype(cv.dtype), (i, 0, 0, start, 0))
-      if i == last:
-        x, start = x[:, -1:], start + n - 1
-      x = self._finish(layer, x, cached_attention(q, ck, cv, i, start, kv_valid, chunk))
+      attn, ck, cv = cached_attention(q, k, v, ck, cv, i, start, kv_valid, chunk)
+      x = self._finish(layer, x[:, -q.shape[1]:], attn)
     return self.final_norm(x[:, 0]), (ck, cv)
 
   def init_cache(self, batch: int, slots: int, dtype=None):

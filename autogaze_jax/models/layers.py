@@ -100,23 +100,34 @@ def online_softmax_update(carry, s, v):
   return m_new, l * r + jnp.sum(p, axis=-1), acc
 
 
-def cached_attention(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: int, start: jax.Array,
-                     kv_valid: jax.Array, chunk: int) -> jax.Array:
-  """Attention of n new tokens (at cache slots [start, start+n)) over a slot KV cache, causal by slot.
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, ck: jax.Array, cv: jax.Array, layer: int,
+                     start: jax.Array, kv_valid: jax.Array, chunk: int):
+  """Write n new tokens' keys/values at cache slots [start, start+n) of layer `layer`, then attend the
+  last nq of them (q) over the cache, causal by slot. -> (out (B, nq, H, d), ck, cv).
 
-  On CPU this is the fused kernel (autogaze_jax/kernels: exact softmax, ~2x faster than XLA's ops)
-  when it can be built, else `cached_attention_jax`; other platforms always use the latter.
+  k, v (B, n, H, d); ck (layers, B, H, d, S) keys transposed, cv (layers, B, H, S, d); kv_valid (B, S)
+  validity of every slot including the new ones. On CPU this is the fused kernel (autogaze_jax/kernels:
+  in-place cache write + exact softmax, several times faster than XLA's ops) when it can be built;
+  otherwise, and on other platforms, dynamic-update-slices + `cached_attention_jax`.
   """
-  jax_impl = functools.partial(cached_attention_jax, layer=layer, chunk=chunk)
+  def xla(q, k, v, ck, cv, start, kv_valid):
+    ck = jax.lax.dynamic_update_slice(ck, k.transpose(0, 2, 3, 1)[None].astype(ck.dtype), (layer, 0, 0, 0, start))
+    cv = jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 1, 3)[None].astype(cv.dtype), (layer, 0, 0, start, 0))
+    q_start = start + k.shape[1] - q.shape[1]
+    return cached_attention_jax(q, ck, cv, q_start, kv_valid, layer=layer, chunk=chunk), ck, cv
+
+  args = (q, k, v, ck, cv, start, kv_valid)
   if jax.default_backend() == "cpu" and cpu_kernels.supports(q, ck):
-    kernel = lambda q, ck, cv, start, kv_valid: cpu_kernels.cached_attention(q, ck, cv, layer, start, kv_valid)
-    return jax.lax.platform_dependent(q, ck, cv, start, kv_valid, cpu=kernel, default=jax_impl)
-  return jax_impl(q, ck, cv, start, kv_valid)
+    kernel = lambda q, k, v, ck, cv, start, kv_valid: cpu_kernels.cached_attention(q, k, v, ck, cv, layer, start,
+                                                                                    kv_valid)
+    return jax.lax.platform_dependent(*args, cpu=kernel, default=xla)
+  return xla(*args)
 
 
 def cached_attention_jax(q: jax.Array, ck: jax.Array, cv: jax.Array, start: jax.Array, kv_valid: jax.Array,
                          *, layer: int, chunk: int) -> jax.Array:
-  """`cached_attention` in XLA ops.
+  """The attention of `cached_attention` in XLA ops, over caches already written: query row i sits
+  at slot start + i.
 
   q (B, n, H, d); ck (layers, B, H, d, S) keys transposed, cv (layers, B, H, S, d), S a multiple of
   `chunk` (the whole caches: chunks are sliced from them directly, so no per-layer copy is made);
