@@ -23,6 +23,17 @@ def decoder_token_flops(cfg: GazeConfig) -> float:
   return float(dc.num_hidden_layers * 2 * (4 * d * d + 3 * d * f))
 
 
+def attention_flops(cfg: GazeConfig, attended_keys: float) -> float:
+  """QK^T and PV for `attended_keys` (query, visible key) pairs, all layers."""
+  dc = cfg.decoder
+  return float(dc.num_hidden_layers * 4 * dc.num_attention_heads * dc.head_dim * attended_keys)
+
+
+def head_flops(cfg: GazeConfig, positions: int) -> float:
+  dc = cfg.decoder
+  return float(positions * 2 * dc.hidden_size * dc.num_multi_token_pred * (cfg.vocab_size + 1))
+
+
 def cached_feed_flops(cfg: GazeConfig, n: int, cached: int) -> float:
   """Feeding n tokens after `cached` cache slots when only the last token's output is read (the
   rollout's `hidden_cached`): every layer but the last runs all n tokens; the last layer projects
@@ -46,17 +57,6 @@ def rollout_flops(cfg: GazeConfig, steps, k: int) -> float:
       total += cached_feed_flops(cfg, n, cached)
       cached += n
   return total + head_flops(cfg, int(sum(int(s) for s in steps)))
-
-
-def attention_flops(cfg: GazeConfig, attended_keys: float) -> float:
-  """QK^T and PV for `attended_keys` (query, visible key) pairs, all layers."""
-  dc = cfg.decoder
-  return float(dc.num_hidden_layers * 4 * dc.num_attention_heads * dc.head_dim * attended_keys)
-
-
-def head_flops(cfg: GazeConfig, positions: int) -> float:
-  dc = cfg.decoder
-  return float(positions * 2 * dc.hidden_size * dc.num_multi_token_pred * (cfg.vocab_size + 1))
 
 
 def teacher_forced_flops(cfg: GazeConfig, num_gazing_each_frame) -> float:

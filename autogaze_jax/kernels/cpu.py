@@ -45,10 +45,8 @@ def _cpu_signature() -> str:
 
 
 def _compiler() -> str | None:
-  for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
-    if name and shutil.which(name):
-      return shutil.which(name)
-  return None
+  found = (shutil.which(name) for name in (os.environ.get("CXX"), "g++", "c++", "clang++") if name)
+  return next((path for path in found if path), None)
 
 
 def build(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:

@@ -146,10 +146,10 @@ class GazeDecoder(nnx.Module):
     loop (QK^T over slots, PV over head dims) without a transpose; start: int scalar; kv_valid (B, S)
     bool validity of every slot *including* the new ones; slots are filled from 0 up, so only keys
     below start + n are read (see `cached_attention`); rope_table = `rope_table(S)` (positions never
-    exceed the slots written; a position past the table would give NaN, not a silent wrong angle). Returns (final-normed hidden of the last new
-    token (B, D), new cache). The rollout reads only that token, so the last layer runs its query,
-    attention, o_proj and MLP for it alone (rows are independent there); every token's keys and
-    values are still written for the later steps.
+    exceed the slots written; a position past the table gives NaN, not a silently wrong angle).
+    Returns (final-normed hidden of the last new token (B, D), new cache). The rollout reads only
+    that token, so the last layer runs its query, attention, o_proj and MLP for it alone (rows are
+    independent there); every token's keys and values are still written for the later steps.
     """
     ck, cv = cache
     slots = cv.shape[3]

@@ -5,7 +5,6 @@ compute dtype, as in the official model (HF LlamaRMSNorm / eager attention upcas
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -131,9 +130,8 @@ def cached_attention_jax(q: jax.Array, ck: jax.Array, cv: jax.Array, start: jax.
 
   q (B, n, H, d); ck (layers, B, H, d, S) keys transposed, cv (layers, B, H, S, d), S a multiple of
   `chunk` (the whole caches: chunks are sliced from them directly, so no per-layer copy is made);
-  kv_valid (B, S) bool. Only the
-  key chunks up to the last new slot are visited (a dynamic trip count: the cache is filled from slot
-  0 up), with an online softmax across chunks, so a rollout pays for the keys it has written, not for
+  kv_valid (B, S) bool. Only the key chunks up to the last new slot are visited (a dynamic trip
+  count: the cache is filled from slot 0 up), with an online softmax across chunks, so a rollout pays for the keys it has written, not for
   the whole fixed-size cache, and each chunk's scores stay in cache memory. Scores/softmax in float32.
   Masked keys get MASK_VALUE (finite): a row whose first chunks are all masked accumulates garbage
   that the first visible key's rescale factor exp(MASK_VALUE - m) multiplies to exactly 0.
