@@ -47,14 +47,19 @@ def cached_feed_flops(cfg: GazeConfig, n: int, cached: int) -> float:
   return float(full + last)
 
 
-def rollout_flops(cfg: GazeConfig, steps, k: int) -> float:
+def rollout_flops(cfg: GazeConfig, steps, k: int, read_out_only: bool = True) -> float:
   """One clip's rollout from its per-frame step counts (T,): vision, each frame's prefill
-  (deferred chunk + vision tokens) and decode steps of k tokens, heads once per step."""
+  (deferred chunk + vision tokens) and decode steps of k tokens, heads once per step.
+  read_out_only=False counts every fed token through every layer, as the official generate runs
+  them (the issue's "~37 GFLOP per clip"); True counts what the result needs (what we run)."""
   p = cfg.num_frame_tokens
   total, cached = vision_flops(cfg, len(steps)), 0
   for t, s in enumerate(steps):
     for n in [p + (k if t else 0)] + [k] * (int(s) - 1):
-      total += cached_feed_flops(cfg, n, cached)
+      if read_out_only:
+        total += cached_feed_flops(cfg, n, cached)
+      else:
+        total += n * decoder_token_flops(cfg) + attention_flops(cfg, n * cached + n * (n + 1) / 2)
       cached += n
   return total + head_flops(cfg, int(sum(int(s) for s in steps)))
 

@@ -7,8 +7,10 @@ Cases: `ratio0.1` (gazing_ratio 0.1, no stop: 26 tokens/frame, 3 decode steps) a
 step). Prints JSON per (case, batch): compile time, median seconds per call and per clip, gaze tokens/s,
 useful GFLOP per clip (vision conv; decoder linears and attention over the visible keys of every fed
 token, the last layer for the read-out token only; heads once per step; see autogaze_jax/flops.py),
-achieved GFLOP/s and its fraction of an fp32 matmul peak measured in the same run, and the speedup
-over the official PyTorch generate (benchmarks/official_cpu.json; the sdpa variant where one was timed).
+achieved GFLOP/s and its fraction of an fp32 matmul peak measured in the same run (also `_all_rows`:
+the same with every fed token counted through every layer, the work the official generate does for
+this result), and the speedup over the official PyTorch generate (benchmarks/official_cpu.json; the
+sdpa variant where one was timed).
 """
 from __future__ import annotations
 
@@ -62,11 +64,14 @@ def main():
       out = jax.tree.map(np.asarray, compiled(params, pv, bud, th))
       real = int((out["tokens"] != cfg.eos_token_id).sum())
       flops = rollout_flops(cfg, out["steps"], spec.tokens_per_step)
+      flops_all = rollout_flops(cfg, out["steps"], spec.tokens_per_step, read_out_only=False)
       step = timing["median_s"]
       base = common.baseline(BASELINE_KEYS.get((case, b), ""))
       results.append({"case": case, "batch": b, "compile_s": compile_s, **timing, "s_per_clip": step / b,
                       "gaze_tokens_per_s": real / step, "gflop_per_clip": flops / 1e9,
                       "achieved_gflops": b * flops / step / 1e9, "fraction_of_matmul_peak": b * flops / step / 1e9 / peak,
+                      "gflop_per_clip_all_rows": flops_all / 1e9,
+                      "fraction_of_matmul_peak_all_rows": b * flops_all / step / 1e9 / peak,
                       "official_s": base, "speedup_vs_official": None if base is None else base / step})
       common.emit(results[-1])
   common.emit({"benchmark": "rollout", "config": "default (3.26M params), random weights", "frames": t,
