@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from autogaze_jax.losses import reconstruction_task
 
@@ -58,13 +59,14 @@ def ratio_at_loss(model, mae, pixel_values, threshold: float, ratios=DEFAULT_RAT
 
 
 def random_gaze_loss(mae, pixel_values, ratio: float, seed: int = 0) -> float:
-  """Mean VideoMAE loss (clips x frames) when shown a uniformly random `ratio` of each frame's 265
+  """Mean VideoMAE loss (clips x frames) when shown a uniformly random `ratio` of each frame's V (265)
   multi-scale patches: a model-free reference for choosing a loss threshold on held-out clips."""
   n, t = pixel_values.shape[:2]
-  k = max(1, int(round(ratio * 265)))
+  v = nnx.merge(*mae).cfg.tokens_per_frame
+  k = max(1, int(round(ratio * v)))
   rng = np.random.default_rng(seed)
-  local = np.stack([np.stack([rng.permutation(265)[:k] for _ in range(t)]) for _ in range(n)])   # (N, T, k)
-  pos = (local + 265 * np.arange(t)[None, :, None]).reshape(n, t * k)
+  local = np.stack([np.stack([rng.permutation(v)[:k] for _ in range(t)]) for _ in range(n)])   # (N, T, k)
+  pos = (local + v * np.arange(t)[None, :, None]).reshape(n, t * k)
   out = {"gazing_pos": pos, "if_padded_gazing": np.zeros_like(pos, bool), "num_gazing_each_frame": np.full(t, k)}
   return float(_losses(mae, jnp.asarray(pixel_values), out, t).mean())
 

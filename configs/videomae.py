@@ -32,7 +32,7 @@ def get_config(arg=None):
     c.data.synthetic_num_clips = 160
     # A small judge trained for minutes only learns to use the visible patches when it often sees many
     # of them: with the paper-like ratios (<= 0.2 after frame 0) it stays at the mean image; up to 0.4
-    # after frame 0 it does (tests/fixtures/judge_small: this recipe, 500 steps). 160 clips, not 40:
+    # after frame 0 it does (autogaze_jax/assets/judge_small: this recipe, 500 steps). 160 clips, not 40:
     # on 40 it memorises its training clips and the held-out losses barely depend on the gaze.
     c.videomae.frame0_ratio = (0.05, 1.0)
     c.videomae.other_ratio = (0.0, 0.4)

@@ -100,7 +100,7 @@ def _call(q, k, v, ck, cv, start, kv_valid, layer: int):
   shapes = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(ck.shape, ck.dtype),
             jax.ShapeDtypeStruct(cv.shape, cv.dtype))
   call = jax.ffi.ffi_call(TARGET, shapes, vmap_method="sequential", input_output_aliases={3: 1, 4: 2})
-  return call(q, k, v, ck, cv, kv_valid.astype(jnp.bool_), jnp.asarray(start, jnp.int32), layer=np.int64(layer))
+  return call(q, k, v, ck, cv, kv_valid.astype(jnp.bool_), start, layer=np.int64(layer))
 
 
 def _batch_axis(sharding):
