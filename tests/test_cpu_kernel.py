@@ -109,7 +109,7 @@ def test_build_is_cached_and_reports_compiler_errors(tmp_path, monkeypatch):
   mtime = first.stat().st_mtime_ns
   assert cpu.build(tmp_path) == first and first.stat().st_mtime_ns == mtime   # reused, not rebuilt
   monkeypatch.setenv("CXX", "false")   # a "compiler" that always fails
-  monkeypatch.setattr(cpu, "SOURCE", tmp_path / "broken.cc")
+  monkeypatch.setattr(cpu, "SOURCES", (tmp_path / "broken.cc",))
   (tmp_path / "broken.cc").write_text("this is not C++\n")
   with pytest.raises(RuntimeError, match="failed"):
     cpu.build(tmp_path / "other")

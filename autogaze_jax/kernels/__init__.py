@@ -1,5 +1,6 @@
 """Optional fused CPU kernels (XLA FFI custom calls), built from source on first use.
 
-`cpu.cached_attention` replaces the rollout's cached attention on CPU, where XLA's separate small ops
-leave most of the time on the table. Accelerators never use these kernels.
+`cpu.cached_attention` replaces the rollout's cached attention, `cpu.stem` and `cpu.causal_conv` the
+vision encoder's patchify-linear + LayerNorm and causal trunk conv, on CPU, where XLA's separate small
+ops (and its generic convolution) leave much of the time on the table. Accelerators never use them.
 """

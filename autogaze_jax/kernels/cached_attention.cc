@@ -1,13 +1,12 @@
-// Fused CPU kernel for the rollout's cached attention (autogaze_jax/models/layers.py cached_attention).
+// Fused CPU kernel for the rollout's cached attention (autogaze_jax/models/layers.py cached_attention),
+// as one XLA FFI custom call.
 //
-// Why: on CPU the rollout spends ~3/4 of its time in attention of a few new tokens over the KV cache
+// Why: on CPU the rollout spends much of its time in attention of a few new tokens over the KV cache
 // (head dim 32). XLA runs it as separate small ops (scores, mask, max, exp, sum, PV) that write every
-// score to memory and mostly use one core. Here each (sample, head) pair is one work item, items are
-// shared between the calling thread and XLA's intra-op pool, and a block of query rows keeps its scores in L1/L2: QK^T as broadcast-FMAs over
-// 16 keys at a time (the key cache is stored transposed, so that loop reads it contiguously), an exact
+// score to memory and mostly use one core. Here each (sample, head) pair is one work item (shared by
+// the cores, simd.h), and a block of query rows keeps its scores in L1/L2: QK^T as broadcast-FMAs over
+// 32 keys at a time (the key cache is stored transposed, so that loop reads it contiguously), an exact
 // softmax over the visible keys (max, exp, sum, as the official eager attention), then P @ V.
-// Written with GCC/Clang vector extensions, so it builds for whatever SIMD the host has
-// (-march=native); no intrinsics.
 //
 // Semantics (equal to layers.cached_attention's XLA path up to float rounding): the n new tokens' keys
 // and values k, v (B, n, H, d) are first written into layer `layer` of the caches at slots
@@ -17,55 +16,14 @@
 // j iff j <= its slot and valid[b, j]. A row that sees no key returns zeros (the rollout never uses
 // such a row). Writing the cache here rather than in XLA saves a strided, unvectorised
 // dynamic-update-slice loop per layer.
-#include <algorithm>
-#include <atomic>
-#include <cmath>
-#include <cstdint>
-#include <cstdlib>
-#include <memory>
-#include <thread>
 #include <vector>
-#ifdef __linux__
-#include <sched.h>
-#endif
 
-#include "xla/ffi/api/ffi.h"
+#include "simd.h"
 
-namespace ffi = xla::ffi;
-
+namespace autogaze {
 namespace {
 
-constexpr int kLanes = 16;
 constexpr int kTile = 2 * kLanes;  // keys per QK^T register tile
-typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
-typedef int32_t vi __attribute__((vector_size(kLanes * sizeof(int32_t))));
-
-inline vf load(const float* p) { vf v; __builtin_memcpy(&v, p, sizeof(v)); return v; }
-inline void store(float* p, vf v) { __builtin_memcpy(p, &v, sizeof(v)); }
-inline vf splat(float x) { return vf{} + x; }
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-// expf on 16 lanes (Cephes range reduction + degree-6 polynomial, ~1 ulp); arguments here are <= 0.
-inline vf vexp(vf x) {
-  x = x < splat(-87.0f) ? splat(-87.0f) : x;
-  x = x > splat(88.0f) ? splat(88.0f) : x;
-  const vf fx = x * 1.44269504088896341f + 0.5f;
-  vi n = __builtin_convertvector(fx, vi);
-  n = n + (__builtin_convertvector(n, vf) > fx);  // truncation -> floor (true lanes are -1)
-  const vf nf = __builtin_convertvector(n, vf);
-  const vf r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
-  vf y = splat(1.9875691500e-4f);
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * (r * r) + r + 1.0f;
-  const vi bits = (n + 127) << 23;
-  vf scale;
-  __builtin_memcpy(&scale, &bits, sizeof(scale));
-  return y * scale;
-}
 
 struct Problem {
   const float *q, *kn, *vn;
@@ -179,8 +137,9 @@ void write(const Problem& p, int64_t b, int64_t h) {
 }
 
 template <int D>
-void item(const Problem& p, int64_t b, int64_t h, std::vector<float>& s, std::vector<float>& bias) {
+void item(const Problem& p, int64_t b, int64_t h) {
   write<D>(p, b, h);  // this item's cache rows only: items never touch each other's memory
+  thread_local std::vector<float> s, bias;  // per-thread scratch, reused across calls
   // rows per block: R x 2 score vectors + 2 key vectors stay in the 32 vector registers during
   // QK^T (R = 12 at head dim <= 32; larger heads need R x D/16 registers for P V, so fewer rows)
   constexpr int kMaxRows = D <= 32 ? 12 : 8;
@@ -210,48 +169,9 @@ void item(const Problem& p, int64_t b, int64_t h, std::vector<float>& s, std::ve
   }
 }
 
-int cpu_count() {
-  static const int n = [] {
-    const char* env = std::getenv("AUTOGAZE_CPU_THREADS");
-    if (env && std::atoi(env) > 0) return std::atoi(env);
-#ifdef __linux__
-    cpu_set_t set;  // the CPUs this process may run on (a container's share, not the host's count)
-    if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
-#endif
-    return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  }();
-  return n;
-}
-
-// Work items are claimed from a shared counter by the calling thread and by helpers scheduled on
-// XLA's own intra-op pool (whose workers otherwise spin between ops: extra threads of our own would
-// fight them for the cores). The caller never waits for a helper that has not started, so a busy pool
-// cannot deadlock it; the state is shared-owned because a late helper may start after we return (it
-// then finds nothing to claim and touches no buffer).
-struct Shared {
-  Problem p;
-  int64_t items;
-  std::atomic<int64_t> next{0}, done{0};
-};
-
 template <int D>
-void work(Shared& sh) {
-  std::vector<float> s, bias;
-  for (int64_t it; (it = sh.next.fetch_add(1, std::memory_order_relaxed)) < sh.items;) {
-    item<D>(sh.p, it / sh.p.H, it % sh.p.H, s, bias);
-    sh.done.fetch_add(1, std::memory_order_release);
-  }
-}
-
-template <int D>
-void run(const Problem& p, ffi::ThreadPool& pool) {
-  auto sh = std::make_shared<Shared>();
-  sh->p = p;
-  sh->items = p.B * p.H;
-  const int64_t helpers = std::min<int64_t>({sh->items - 1, pool.num_threads(), cpu_count() - 1});
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([sh] { work<D>(*sh); });
-  work<D>(*sh);
-  while (sh->done.load(std::memory_order_acquire) < sh->items) std::this_thread::yield();
+void attend(const Problem& p, ffi::ThreadPool& pool) {
+  parallel_for(pool, p.B * p.H, [&](int64_t it) { item<D>(p, it / p.H, it % p.H); });
 }
 
 ffi::Error Impl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> kn, ffi::Buffer<ffi::F32> vn,
@@ -275,18 +195,21 @@ ffi::Error Impl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> kn, ffi::Buffer<f
       vd[2] != p.H || vd[4] != d || layer < 0 || layer >= kd[0] || w0 < 0 || w0 + nw > p.S || p.S % kTile)
     return ffi::Error::InvalidArgument("cached_attention: inconsistent shapes");
   switch (d) {
-    case 16: run<16>(p, pool); break;
-    case 32: run<32>(p, pool); break;
-    case 64: run<64>(p, pool); break;
-    case 128: run<128>(p, pool); break;
+    case 16: attend<16>(p, pool); break;
+    case 32: attend<32>(p, pool); break;
+    case 64: attend<64>(p, pool); break;
+    case 128: attend<128>(p, pool); break;
     default: return ffi::Error::InvalidArgument("cached_attention: head dim must be 16, 32, 64 or 128");
   }
   return ffi::Error::Success();
 }
 
 }  // namespace
+}  // namespace autogaze
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AutogazeCachedAttention, Impl,
+namespace ffi = xla::ffi;
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AutogazeCachedAttention, autogaze::Impl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

@@ -1,4 +1,5 @@
-"""Build, load and call the fused CPU attention kernel (cached_attention.cc) through XLA FFI.
+"""Build, load and call the fused CPU kernels through XLA FFI: the rollout's cached attention
+(cached_attention.cc) and the vision encoder's stem and causal trunk conv (vision.cc).
 
 The shared library is compiled once per (source, compiler flags, jaxlib headers, host CPU) with the
 system C++ compiler (`$CXX`, else g++/c++) into `$AUTOGAZE_KERNEL_CACHE` (default
@@ -24,8 +25,11 @@ import jax.experimental.custom_partitioning
 import jax.numpy as jnp
 import numpy as np
 
-SOURCE = pathlib.Path(__file__).with_name("cached_attention.cc")
+HERE = pathlib.Path(__file__).parent
+SOURCES = (HERE / "cached_attention.cc", HERE / "vision.cc")
+HEADERS = (HERE / "simd.h",)
 TARGET = "autogaze_cached_attention"
+STEM_TARGET, CONV_TARGET = "autogaze_stem", "autogaze_causal_conv"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-w")
 HEAD_DIMS = (16, 32, 64, 128)
 
@@ -56,19 +60,20 @@ def build(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
     raise RuntimeError("no C++ compiler found (set CXX)")
   include = jax.ffi.include_dir()
   key = hashlib.sha256()
-  for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), cxx.encode(), include.encode(),
-               jax.__version__.encode(), _cpu_signature().encode()):
+  for part in (*(f.read_bytes() for f in (*SOURCES, *HEADERS)), " ".join(FLAGS).encode(), cxx.encode(),
+               include.encode(), jax.__version__.encode(), _cpu_signature().encode()):
     key.update(part)
   cache = pathlib.Path(cache_dir or os.environ.get("AUTOGAZE_KERNEL_CACHE")
                        or pathlib.Path.home() / ".cache" / "autogaze_jax" / "kernels")
   cache.mkdir(parents=True, exist_ok=True)
-  out = cache / f"cached_attention-{key.hexdigest()[:16]}.so"
+  out = cache / f"autogaze_kernels-{key.hexdigest()[:16]}.so"
   if out.exists():
     return out
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
   os.close(fd)
   try:
-    proc = subprocess.run([cxx, *FLAGS, f"-I{include}", str(SOURCE), "-o", tmp], capture_output=True, text=True)
+    proc = subprocess.run([cxx, *FLAGS, f"-I{include}", *map(str, SOURCES), "-o", tmp], capture_output=True,
+                          text=True)
     if proc.returncode:
       raise RuntimeError(f"{cxx} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     os.replace(tmp, out)
@@ -80,13 +85,15 @@ def build(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
 
 @functools.cache
 def _registered() -> bool:
-  """Build + register once per process; False (with one warning) when the kernel cannot be built."""
+  """Build + register once per process; False (with one warning) when the kernels cannot be built."""
   try:
     lib = ctypes.cdll.LoadLibrary(str(build()))
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.AutogazeCachedAttention), platform="cpu")
+    for name, fn in ((TARGET, lib.AutogazeCachedAttention), (STEM_TARGET, lib.AutogazeStem),
+                     (CONV_TARGET, lib.AutogazeCausalConv)):
+      jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(fn), platform="cpu")
     return True
   except Exception as e:  # no compiler, no headers, unsupported host: the JAX path still works
-    logging.warning("fused CPU attention kernel unavailable, using the JAX implementation: %s", e)
+    logging.warning("fused CPU kernels unavailable, using the JAX implementation: %s", e)
     return False
 
 
@@ -136,3 +143,72 @@ def cached_attention(q, k, v, ck, cv, layer: int, start, kv_valid):
   """The kernel's `layers.cached_attention`: same arguments and results (CPU only; the caches are
   updated in place; a query row that sees no key returns zeros). Batch-sharded inputs stay sharded."""
   return _partitioned(q, k, v, ck, cv, jnp.asarray(start, jnp.int32), kv_valid, layer)
+
+
+# ---- the vision encoder (vision.cc) ----
+
+def with_xla_grad(kernel, xla):
+  """kernel(*args) on CPU, xla(*args) on other platforms; under differentiation xla's ops run, forward
+  and backward (the kernels have no VJP), so training code may call kernel-backed functions and keeps
+  XLA's numbers and cost."""
+  @jax.custom_vjp
+  def f(*args):
+    return jax.lax.platform_dependent(*args, cpu=kernel, default=xla)
+
+  f.defvjp(lambda *args: jax.vjp(xla, *args), lambda vjp, g: vjp(g))
+  return f
+
+
+def supports_vision(x: jax.Array, width: int) -> bool:
+  """Whether the vision kernels can run here: float32 features `width` wide, a multiple of 32."""
+  return enabled() and x.dtype == jnp.float32 and width % 32 == 0 and _registered()
+
+
+def _batch_first(fn, batched, rule):
+  """custom_partitioning of fn: args with batched[i] split on axis 0 as the first arg is, the rest
+  (weights) replicated; its one output split on axis 0 (samples are independent)."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+
+  def shardings(mesh, arg_shapes):
+    tok, rep = NamedSharding(mesh, P(_batch_axis(arg_shapes[0].sharding))), NamedSharding(mesh, P())
+    return tok, tuple(tok if b else rep for b in batched)
+
+  def partition(mesh, arg_shapes, result_shape):
+    return (mesh, fn, *shardings(mesh, arg_shapes))
+
+  part = jax.experimental.custom_partitioning.custom_partitioning(fn)
+  part.def_partition(partition=partition, infer_sharding_from_operands=lambda m, a, r: shardings(m, a)[0],
+                     sharding_rule=rule)
+  return part
+
+
+@functools.cache
+def _stem(eps: float):
+  def call(pixels, w, bias, scale, shift):
+    b, t, _, size, _ = pixels.shape
+    g = size // round((w.shape[0] // 3) ** 0.5)
+    out = jax.ShapeDtypeStruct((b, t, g, g, w.shape[1]), jnp.float32)
+    return jax.ffi.ffi_call(STEM_TARGET, out, vmap_method="sequential")(pixels, w, bias, scale, shift,
+                                                                         eps=np.float32(eps))
+  return _batch_first(call, (True, False, False, False, False), "b t c h w, k d, d, d, d -> b t y x d")
+
+
+def stem(pixels, w, bias, scale, shift, eps: float):
+  """The vision stem: (B, T, 3, S, S) float32 pixels -> LayerNorm(patches @ w + bias) (B, T, g, g, D), w
+  (3 k k, D) with rows in (channel, ky, kx) order (CPU only)."""
+  return _stem(float(eps))(pixels, w, bias, scale, shift)
+
+
+def _conv_call(x, w, bias):
+  b, tp, g, _, _ = x.shape
+  out = jax.ShapeDtypeStruct((b, tp - w.shape[0] + 1, g, g, w.shape[-1]), jnp.float32)
+  return jax.ffi.ffi_call(CONV_TARGET, out, vmap_method="sequential")(x, w, bias)
+
+
+_conv = _batch_first(_conv_call, (True, False, False), "b s y x c, a e f c o, o -> b t y x o")
+
+
+def causal_conv(x, w, bias):
+  """relu(conv(x, w) + bias) over time-padded features x (B, T + kt - 1, g, g, C) with w (kt, ks, ks, C, O),
+  spatial zero padding (ks - 1) / 2, no temporal padding -> (B, T, g, g, O) (CPU only)."""
+  return _conv(x, w, bias)

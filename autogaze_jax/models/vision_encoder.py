@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from autogaze_jax.config import GazeConfig
+from autogaze_jax.kernels import cpu as cpu_kernels
 from autogaze_jax.models.layers import dense, layer_norm
 
 
@@ -53,13 +54,19 @@ class VisionEncoder(nnx.Module):
     """(B, T, 3, S, S) -> post-LayerNorm features (B, T, g, g, hidden)."""
     b, t, c, s, _ = pixels.shape
     k, g = self.cfg.vision.kernel_size, self.cfg.grid
-    dt = self.cfg.jnp_dtype
-    x = pixels.astype(dt).reshape(b, t, c, g, k, g, k).transpose(0, 1, 3, 5, 2, 4, 6)
-    x = x.reshape(b, t, g, g, c * k * k)
+    x = pixels.astype(self.cfg.jnp_dtype)
     w = self.temporal_conv.kernel[...][0]  # (k, k, 3, hidden) -> rows in (c, ky, kx) order
     w = w.transpose(2, 0, 1, 3).reshape(c * k * k, -1)
-    x = dense(x, w, self.temporal_conv.bias[...])
-    return layer_norm(x, self.norm.scale[...], self.norm.bias[...], 1e-5)
+    params = (w, self.temporal_conv.bias[...], self.norm.scale[...], self.norm.bias[...])
+
+    def xla(x, w, bias, scale, shift):
+      x = x.reshape(b, t, c, g, k, g, k).transpose(0, 1, 3, 5, 2, 4, 6).reshape(b, t, g, g, c * k * k)
+      return layer_norm(dense(x, w, bias), scale, shift, 1e-5)
+
+    if jax.default_backend() == "cpu" and cpu_kernels.supports_vision(x, w.shape[1]):
+      kernel = lambda *a: cpu_kernels.stem(*a, eps=1e-5)
+      return cpu_kernels.with_xla_grad(kernel, xla)(x, *(p.astype(jnp.float32) for p in params))
+    return xla(x, *params)
 
   def trunk(self, x: jax.Array, conv_cache: tuple[jax.Array, ...] | None = None):
     """Causal conv blocks over post-norm features (B, T, g, g, C).
@@ -76,12 +83,21 @@ class VisionEncoder(nnx.Module):
         x = jnp.concatenate([conv_cache[i].astype(x.dtype), x], axis=1)
       new_cache.append(x[:, x.shape[1] - (kt - 1):])
       pad = (self.cfg.vision.trunk_spatial_kernel_size - 1) // 2
-      x = jax.lax.conv_general_dilated(
-          x, blk.kernel[...].astype(x.dtype), window_strides=(1, 1, 1),
-          padding=((0, 0), (pad, pad), (pad, pad)),
-          dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
-      x = jax.nn.relu(x + blk.bias[...].astype(x.dtype))
+      x = self._conv(x, blk.kernel[...].astype(x.dtype), blk.bias[...].astype(x.dtype), pad)
     return x, tuple(new_cache)
+
+  @staticmethod
+  def _conv(x, w, bias, pad):
+    """relu(conv + bias) of time-padded x (B, T + kt - 1, g, g, C): the fused CPU kernel where it runs."""
+    def xla(x, w, bias):
+      y = jax.lax.conv_general_dilated(x, w, window_strides=(1, 1, 1), padding=((0, 0), (pad, pad), (pad, pad)),
+                                       dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+      return jax.nn.relu(y + bias)
+
+    if (jax.default_backend() == "cpu" and 2 * pad + 1 == w.shape[1] and w.shape[1] == w.shape[2]
+        and cpu_kernels.supports_vision(x, w.shape[-1])):
+      return cpu_kernels.with_xla_grad(cpu_kernels.causal_conv, xla)(x, w, bias)
+    return xla(x, w, bias)
 
   def __call__(self, pixels: jax.Array, conv_cache=None):
     """-> (features (B, T, g*g, out_dim) before the connector, new conv cache)."""
