@@ -31,14 +31,14 @@ inline vf splat(float x) { return vf{} + x; }
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // expf on 16 lanes (Cephes range reduction + degree-6 polynomial, ~1 ulp), arguments clamped to
-// [-87, 88] (results stay normal and finite).
+// [-87, 88] (results stay normal and finite). n = round(x / ln 2) comes from adding 1.5 * 2^23, which
+// leaves n in the low mantissa bits: no float <-> int conversions on the softmax's hot path.
 inline vf vexp(vf x) {
+  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23; bits 0x4B400000
   x = x < splat(-87.0f) ? splat(-87.0f) : x;
   x = x > splat(88.0f) ? splat(88.0f) : x;
-  const vf fx = x * 1.44269504088896341f + 0.5f;
-  vi n = __builtin_convertvector(fx, vi);
-  n = n + (__builtin_convertvector(n, vf) > fx);  // truncation -> floor (true lanes are -1)
-  const vf nf = __builtin_convertvector(n, vf);
+  const vf t = x * 1.44269504088896341f + kMagic;
+  const vf nf = t - kMagic;
   const vf r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
   vf y = splat(1.9875691500e-4f);
   y = y * r + 1.3981999507e-3f;
@@ -47,7 +47,9 @@ inline vf vexp(vf x) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * (r * r) + r + 1.0f;
-  const vi bits = (n + 127) << 23;
+  vi bits;
+  __builtin_memcpy(&bits, &t, sizeof(bits));
+  bits = (bits + 127) << 23;  // 2^n: (0x4B400000 + n + 127) << 23, the constant's low 9 bits are zero
   vf scale;
   __builtin_memcpy(&scale, &bits, sizeof(scale));
   return y * scale;
