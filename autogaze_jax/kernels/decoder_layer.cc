@@ -22,7 +22,7 @@
 namespace autogaze {
 namespace {
 
-constexpr int kMaxRows = 12;  // R x 2 accumulators + 2 weight vectors fit the 32 vector registers
+constexpr int kMaxRows = 12;  // gemm rows per block: R x 2 accumulators + 2 weight vectors fit 32 registers
 
 struct Layer {
   const float *x, *cos, *sin, *ln1, *wq, *wk, *wv, *wo, *ln2, *wg, *wu, *wd;
@@ -32,28 +32,6 @@ struct Layer {
   int64_t B, n, nq, d, f, H, hd, S, layer, start;
   float eps;
 };
-
-// C (R x N) = A (R x K) @ W (K x N), N a multiple of 32: a 32-column panel of W is streamed once per
-// row block while R x 32 accumulators stay in registers (broadcast-FMA, as the attention's QK^T).
-template <int R>
-void gemm(const float* A, int64_t K, const float* W, int64_t N, float* C) {
-  for (int64_t j0 = 0; j0 < N; j0 += 2 * kLanes) {
-    vf c[R][2] = {};
-    const float* w = W + j0;
-    for (int64_t k = 0; k < K; ++k, w += N) {
-      const vf w0 = load(w), w1 = load(w + kLanes);
-      for (int r = 0; r < R; ++r) {
-        const float a = A[r * K + k];
-        c[r][0] += a * w0;
-        c[r][1] += a * w1;
-      }
-    }
-    for (int r = 0; r < R; ++r) {
-      store(C + r * N + j0, c[r][0]);
-      store(C + r * N + j0 + kLanes, c[r][1]);
-    }
-  }
-}
 
 // HF LlamaRMSNorm of R rows (d % 16 == 0): h = scale * (x * rsqrt(mean(x^2) + eps)).
 template <int R>
@@ -96,21 +74,21 @@ void project(const Layer& L, int64_t b, int64_t r0, int rows) {
   const size_t item0 = (static_cast<size_t>(L.layer) * L.B + b) * L.H;
   const int64_t slot0 = L.start + r0;
 
-  gemm<R>(h, d, L.wk, d, t);
+  gemm<R, false>(h, d, L.wk, d, t);
   for (int r = 0; r < rows; ++r) rope(t + r * d, cos + r * hd, sin + r * hd, L.H, hd);
   for (int64_t hh = 0; hh < L.H; ++hh) {
     float* KT = L.ck + (item0 + hh) * L.S * hd;  // (hd, S)
     for (int64_t c = 0; c < hd; ++c)
       for (int r = 0; r < rows; ++r) KT[c * L.S + slot0 + r] = t[r * d + hh * hd + c];
   }
-  gemm<R>(h, d, L.wv, d, t);
+  gemm<R, false>(h, d, L.wv, d, t);
   for (int64_t hh = 0; hh < L.H; ++hh) {
     float* V = L.cv + (item0 + hh) * L.S * hd;  // (S, hd)
     for (int r = 0; r < rows; ++r) std::copy(t + r * d + hh * hd, t + r * d + (hh + 1) * hd, V + (slot0 + r) * hd);
   }
   const int64_t q0 = L.n - L.nq;  // first querying row
   if (r0 + rows <= q0) return;
-  gemm<R>(h, d, L.wq, d, t);
+  gemm<R, false>(h, d, L.wq, d, t);
   for (int r = 0; r < rows; ++r) {
     if (r0 + r < q0) continue;
     rope(t + r * d, cos + r * hd, sin + r * hd, L.H, hd);
@@ -128,16 +106,16 @@ void finish(const Layer& L, int64_t b, int64_t r0, int rows) {
         *m = u + R * f;
   std::copy(L.attn + (b * L.nq + r0) * d, L.attn + (b * L.nq + r0 + rows) * d, a);
   const float* x = L.x + (b * L.n + L.n - L.nq + r0) * d;
-  gemm<R>(a, d, L.wo, d, t);
+  gemm<R, false>(a, d, L.wo, d, t);
   for (int64_t i = 0; i < rows * d; i += kLanes) store(xr + i, load(x + i) + load(t + i));
   rms_norm<R>(xr, d, L.ln2, L.eps, h);
-  gemm<R>(h, d, L.wg, f, g);
-  gemm<R>(h, d, L.wu, f, u);
+  gemm<R, false>(h, d, L.wg, f, g);
+  gemm<R, false>(h, d, L.wu, f, u);
   for (int64_t i = 0; i < R * f; i += kLanes) {  // silu(g) * u, silu(g) = g * sigmoid(g)
     const vf gi = load(g + i);
     store(m + i, gi * (1.0f / (1.0f + vexp(-gi))) * load(u + i));
   }
-  gemm<R>(m, f, L.wd, d, t);
+  gemm<R, false>(m, f, L.wd, d, t);
   float* out = L.out + (b * L.nq + r0) * d;
   for (int64_t i = 0; i < rows * d; i += kLanes) store(out + i, load(xr + i) + load(t + i));
 }
