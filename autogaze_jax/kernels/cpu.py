@@ -105,11 +105,18 @@ def supports(q: jax.Array, ck: jax.Array) -> bool:
           and ck.shape[-1] % 32 == 0 and _registered())
 
 
-def _call(q, k, v, ck, cv, start, kv_valid, layer: int):
-  shapes = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(ck.shape, ck.dtype),
-            jax.ShapeDtypeStruct(cv.shape, cv.dtype))
-  call = jax.ffi.ffi_call(TARGET, shapes, vmap_method="sequential", input_output_aliases={3: 1, 4: 2})
-  return call(q, k, v, ck, cv, kv_valid.astype(jnp.bool_), start, layer=np.int64(layer))
+def supports_layer(x: jax.Array, ck: jax.Array, intermediate: int) -> bool:
+  """Whether `decoder_layer` can run this layer here: float32, a supported head dim, hidden and MLP
+  widths in multiples of 32, heads x head dim = hidden (as the gaze decoder's square projections)."""
+  d, heads, hd = x.shape[-1], ck.shape[2], ck.shape[3]
+  return (enabled() and x.dtype == jnp.float32 and ck.dtype == jnp.float32 and hd in HEAD_DIMS
+          and ck.shape[-1] % 32 == 0 and d % 32 == 0 and intermediate % 32 == 0 and heads * hd == d
+          and _registered())
+
+
+def supports_vision(x: jax.Array, width: int) -> bool:
+  """Whether the vision kernels can run here: float32 features `width` wide, a multiple of 32."""
+  return enabled() and x.dtype == jnp.float32 and width % 32 == 0 and _registered()
 
 
 def _batch_axis(sharding):
@@ -117,79 +124,58 @@ def _batch_axis(sharding):
   return spec[0] if len(spec) else None
 
 
-def _shardings(mesh, batch):
-  """Samples are independent: tokens / caches / mask split on their batch axis, the start slot replicated."""
+def _batch_partitioned(fn, in_axes, out_axes, rule):
+  """custom_partitioning of fn over independent samples: arg i split on its axis in_axes[i] (None:
+  replicated: weights, the start slot) the way the first arg's axis 0 is split, outputs on out_axes.
+  Under a mesh XLA would otherwise gather whole inputs (e.g. the KV cache) onto every device before a
+  custom call; this tells the partitioner each device can run its own samples."""
   from jax.sharding import NamedSharding, PartitionSpec as P
-  tok, cache = NamedSharding(mesh, P(batch)), NamedSharding(mesh, P(None, batch))
-  return (tok, cache, cache), (tok, tok, tok, cache, cache, NamedSharding(mesh, P()), tok)
+
+  def shardings(mesh, arg_shapes):
+    batch = _batch_axis(arg_shapes[0].sharding)
+    spec = lambda axis: NamedSharding(mesh, P() if axis is None else P(*[None] * axis, batch))
+    outs = tuple(map(spec, out_axes))
+    return outs if len(outs) > 1 else outs[0], tuple(map(spec, in_axes))
+
+  part = jax.experimental.custom_partitioning.custom_partitioning(fn)
+  part.def_partition(partition=lambda mesh, args, result: (mesh, fn, *shardings(mesh, args)),
+                     infer_sharding_from_operands=lambda mesh, args, result: shardings(mesh, args)[0],
+                     sharding_rule=rule)
+  return part
 
 
-def _partition(layer, mesh, arg_shapes, result_shape):
-  out, args = _shardings(mesh, _batch_axis(arg_shapes[0].sharding))
-  return mesh, functools.partial(_call, layer=layer), out, args
+# ---- the rollout's cached attention (cached_attention.cc) and decoder layer (decoder_layer.cc) ----
 
-
-def _infer(layer, mesh, arg_shapes, result_shape):
-  return _shardings(mesh, _batch_axis(arg_shapes[0].sharding))[0]
-
-
-# Under a mesh, XLA would otherwise gather the whole cache onto every device before a custom call;
-# this tells the partitioner each device can run its own samples.
-_partitioned = jax.experimental.custom_partitioning.custom_partitioning(_call, static_argnums=(7,))
-_partitioned.def_partition(
-    partition=_partition, infer_sharding_from_operands=_infer,
-    sharding_rule="b n h d, b m h d, b m h d, l b h d s, l b h s d, , b s -> b n h d, l b h d s, l b h s d")
+@functools.cache
+def _attention(layer: int):
+  def call(q, k, v, ck, cv, start, kv_valid):
+    shapes = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(ck.shape, ck.dtype),
+              jax.ShapeDtypeStruct(cv.shape, cv.dtype))
+    ffi = jax.ffi.ffi_call(TARGET, shapes, vmap_method="sequential", input_output_aliases={3: 1, 4: 2})
+    return ffi(q, k, v, ck, cv, kv_valid.astype(jnp.bool_), start, layer=np.int64(layer))
+  return _batch_partitioned(
+      call, (0, 0, 0, 1, 1, None, 0), (0, 1, 1),
+      "b n h d, b m h d, b m h d, l b h d s, l b h s d, , b s -> b n h d, l b h d s, l b h s d")
 
 
 def cached_attention(q, k, v, ck, cv, layer: int, start, kv_valid):
   """The kernel's `layers.cached_attention`: same arguments and results (CPU only; the caches are
   updated in place; a query row that sees no key returns zeros). Batch-sharded inputs stay sharded."""
-  return _partitioned(q, k, v, ck, cv, jnp.asarray(start, jnp.int32), kv_valid, layer)
+  return _attention(layer)(q, k, v, ck, cv, jnp.asarray(start, jnp.int32), kv_valid)
 
 
-
-# ---- a whole decoder layer (decoder_layer.cc) ----
-
-def supports_layer(x: jax.Array, ck: jax.Array, intermediate: int) -> bool:
-  """Whether `decoder_layer` can run this layer here: float32, a supported head dim, hidden and MLP
-  widths in multiples of 32, heads x head dim = hidden (as the gaze decoder's square projections)."""
-  d, heads, hd = x.shape[-1], ck.shape[2], ck.shape[3]
-  return (supports(jnp.zeros((1, 1, 1, hd), x.dtype), ck) and d % 32 == 0 and intermediate % 32 == 0
-          and heads * hd == d)
-
-
-def _layer_call(x, cos, sin, ln1, wq, wk, wv, wo, ln2, wg, wu, wd, ck, cv, start, kv_valid, layer: int, nq: int,
-                eps: float):
-  b, _, d = x.shape
-  shapes = (jax.ShapeDtypeStruct((b, nq, d), x.dtype), jax.ShapeDtypeStruct(ck.shape, ck.dtype),
-            jax.ShapeDtypeStruct(cv.shape, cv.dtype))
-  call = jax.ffi.ffi_call(LAYER_TARGET, shapes, vmap_method="sequential", input_output_aliases={12: 1, 13: 2})
-  return call(x, cos, sin, ln1, wq, wk, wv, wo, ln2, wg, wu, wd, ck, cv, kv_valid.astype(jnp.bool_), start,
-              layer=np.int64(layer), nq=np.int64(nq), eps=np.float32(eps))
-
-
-def _layer_shardings(mesh, batch):
-  """Samples are independent: activations / caches / mask split on their batch axis, weights and the
-  start slot replicated."""
-  from jax.sharding import NamedSharding, PartitionSpec as P
-  tok, cache, rep = NamedSharding(mesh, P(batch)), NamedSharding(mesh, P(None, batch)), NamedSharding(mesh, P())
-  return (tok, cache, cache), (tok, tok, tok, *(rep,) * 9, cache, cache, rep, tok)
-
-
-def _layer_partition(layer, nq, eps, mesh, arg_shapes, result_shape):
-  out, args = _layer_shardings(mesh, _batch_axis(arg_shapes[0].sharding))
-  return mesh, functools.partial(_layer_call, layer=layer, nq=nq, eps=eps), out, args
-
-
-def _layer_infer(layer, nq, eps, mesh, arg_shapes, result_shape):
-  return _layer_shardings(mesh, _batch_axis(arg_shapes[0].sharding))[0]
-
-
-_layer_partitioned = jax.experimental.custom_partitioning.custom_partitioning(_layer_call, static_argnums=(16, 17, 18))
-_layer_partitioned.def_partition(
-    partition=_layer_partition, infer_sharding_from_operands=_layer_infer,
-    sharding_rule=("b n d, b n e, b n e, w1, w2 w3, w4 w5, w6 w7, w8 w9, w10, w11 w12, w13 w14, w15 w16, "
-                   "l b h e s, l b h s e, , b s -> b m d, l b h e s, l b h s e"))
+@functools.cache
+def _layer(layer: int, nq: int, eps: float):
+  def call(x, cos, sin, ln1, wq, wk, wv, wo, ln2, wg, wu, wd, ck, cv, start, kv_valid):
+    shapes = (jax.ShapeDtypeStruct((x.shape[0], nq, x.shape[2]), x.dtype), jax.ShapeDtypeStruct(ck.shape, ck.dtype),
+              jax.ShapeDtypeStruct(cv.shape, cv.dtype))
+    ffi = jax.ffi.ffi_call(LAYER_TARGET, shapes, vmap_method="sequential", input_output_aliases={12: 1, 13: 2})
+    return ffi(x, cos, sin, ln1, wq, wk, wv, wo, ln2, wg, wu, wd, ck, cv, kv_valid.astype(jnp.bool_), start,
+               layer=np.int64(layer), nq=np.int64(nq), eps=np.float32(eps))
+  return _batch_partitioned(
+      call, (0, 0, 0, *[None] * 9, 1, 1, None, 0), (0, 1, 1),
+      "b n d, b n e, b n e, w1, w2 w3, w4 w5, w6 w7, w8 w9, w10, w11 w12, w13 w14, w15 w16, "
+      "l b h e s, l b h s e, , b s -> b m d, l b h e s, l b h s e")
 
 
 def decoder_layer(x, cos, sin, weights, ck, cv, layer: int, start, kv_valid, nq: int, eps: float):
@@ -198,8 +184,7 @@ def decoder_layer(x, cos, sin, weights, ck, cv, layer: int, start, kv_valid, nq:
   q, k, v, o, post_attention_layernorm, gate, up, down) as Flax kernels; every token's key/value is
   written into layer `layer` of the caches (in place), the last nq tokens run the rest.
   -> (out (B, nq, d), ck, cv). Batch-sharded inputs stay sharded."""
-  return _layer_partitioned(x, cos, sin, *weights, ck, cv, jnp.asarray(start, jnp.int32), kv_valid, layer, nq,
-                            float(eps))
+  return _layer(layer, nq, float(eps))(x, cos, sin, *weights, ck, cv, jnp.asarray(start, jnp.int32), kv_valid)
 
 
 # ---- the vision encoder (vision.cc) ----
@@ -216,29 +201,6 @@ def with_xla_grad(kernel, xla):
   return f
 
 
-def supports_vision(x: jax.Array, width: int) -> bool:
-  """Whether the vision kernels can run here: float32 features `width` wide, a multiple of 32."""
-  return enabled() and x.dtype == jnp.float32 and width % 32 == 0 and _registered()
-
-
-def _batch_first(fn, batched, rule):
-  """custom_partitioning of fn: args with batched[i] split on axis 0 as the first arg is, the rest
-  (weights) replicated; its one output split on axis 0 (samples are independent)."""
-  from jax.sharding import NamedSharding, PartitionSpec as P
-
-  def shardings(mesh, arg_shapes):
-    tok, rep = NamedSharding(mesh, P(_batch_axis(arg_shapes[0].sharding))), NamedSharding(mesh, P())
-    return tok, tuple(tok if b else rep for b in batched)
-
-  def partition(mesh, arg_shapes, result_shape):
-    return (mesh, fn, *shardings(mesh, arg_shapes))
-
-  part = jax.experimental.custom_partitioning.custom_partitioning(fn)
-  part.def_partition(partition=partition, infer_sharding_from_operands=lambda m, a, r: shardings(m, a)[0],
-                     sharding_rule=rule)
-  return part
-
-
 @functools.cache
 def _stem(eps: float):
   def call(pixels, w, bias, scale, shift):
@@ -247,7 +209,7 @@ def _stem(eps: float):
     out = jax.ShapeDtypeStruct((b, t, g, g, w.shape[1]), jnp.float32)
     return jax.ffi.ffi_call(STEM_TARGET, out, vmap_method="sequential")(pixels, w, bias, scale, shift,
                                                                          eps=np.float32(eps))
-  return _batch_first(call, (True, False, False, False, False), "b t c h w, k d, d, d, d -> b t y x d")
+  return _batch_partitioned(call, (0, None, None, None, None), (0,), "b t c h w, k d, d, d, d -> b t y x d")
 
 
 def stem(pixels, w, bias, scale, shift, eps: float):
@@ -262,7 +224,7 @@ def _conv_call(x, w, bias):
   return jax.ffi.ffi_call(CONV_TARGET, out, vmap_method="sequential")(x, w, bias)
 
 
-_conv = _batch_first(_conv_call, (True, False, False), "b s y x c, a e f c o, o -> b t y x o")
+_conv = _batch_partitioned(_conv_call, (0, None, None), (0,), "b s y x c, a e f c o, o -> b t y x o")
 
 
 def causal_conv(x, w, bias):
