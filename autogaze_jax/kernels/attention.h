@@ -159,6 +159,12 @@ void attend(const Problem& p, ffi::ThreadPool& pool, bool write_cache) {
   parallel_for(pool, p.B * p.H, [&](int64_t it) { item<D>(p, it / p.H, it % p.H, write_cache); });
 }
 
+// The caches are updated in place: XLA aliases each cache output to its input (input_output_aliases);
+// copy only if it ever hands separate buffers.
+inline void in_place(const ffi::Buffer<ffi::F32>& in, float* out) {
+  if (out != in.typed_data()) std::copy(in.typed_data(), in.typed_data() + in.element_count(), out);
+}
+
 inline bool supported_head_dim(int64_t d) { return d == 16 || d == 32 || d == 64 || d == 128; }
 
 // attend() for a head dim known at run time; false if it is not one of supported_head_dim.

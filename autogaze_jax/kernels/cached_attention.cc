@@ -28,11 +28,8 @@ ffi::Error Impl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> kn, ffi::Buffer<f
   const auto qd = q.dimensions(), nd = kn.dimensions(), kd = ck.dimensions(), vd = cv.dimensions();
   if (qd.size() != 4 || nd.size() != 4 || kd.size() != 5 || vd.size() != 5)
     return ffi::Error::InvalidArgument("cached_attention: bad ranks");
-  // the caches are aliased to the outputs; copy only if XLA ever hands separate buffers
-  if (ck_out->typed_data() != ck.typed_data())
-    std::copy(ck.typed_data(), ck.typed_data() + ck.element_count(), ck_out->typed_data());
-  if (cv_out->typed_data() != cv.typed_data())
-    std::copy(cv.typed_data(), cv.typed_data() + cv.element_count(), cv_out->typed_data());
+  in_place(ck, ck_out->typed_data());
+  in_place(cv, cv_out->typed_data());
   const int64_t nw = nd[1], w0 = static_cast<int64_t>(*start.typed_data());
   Problem p{q.typed_data(), kn.typed_data(), vn.typed_data(), ck_out->typed_data(), cv_out->typed_data(),
             valid.typed_data(), out->typed_data(), qd[0], qd[1], qd[2], vd[3], layer, w0 + nw - qd[1], nw};

@@ -174,11 +174,8 @@ ffi::Error Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> cos, ffi::Buffer<
   if (!supported_head_dim(hd) || d % (2 * kLanes) || f % (2 * kLanes) || S % kTile || layer < 0 || layer >= kd[0] ||
       nq < 1 || nq > n || w0 < 0 || w0 + n > S)
     return ffi::Error::InvalidArgument("decoder_layer: unsupported sizes or slots");
-  // the caches are aliased to the outputs; copy only if XLA ever hands separate buffers
-  if (ck_out->typed_data() != ck.typed_data())
-    std::copy(ck.typed_data(), ck.typed_data() + ck.element_count(), ck_out->typed_data());
-  if (cv_out->typed_data() != cv.typed_data())
-    std::copy(cv.typed_data(), cv.typed_data() + cv.element_count(), cv_out->typed_data());
+  in_place(ck, ck_out->typed_data());
+  in_place(cv, cv_out->typed_data());
   std::vector<float> q(B * nq * d), attn(B * nq * d);
   const Layer L{x.typed_data(),  cos.typed_data(), sin.typed_data(), ln1.typed_data(), wq.typed_data(),
                 wk.typed_data(), wv.typed_data(),  wo.typed_data(),  ln2.typed_data(), wg.typed_data(),
