@@ -1,6 +1,5 @@
 """Build, load and call the fused CPU kernels through XLA FFI: the rollout's cached attention
-(cached_attention.cc), a whole decoder layer around it (decoder_layer.cc) and the vision encoder's
-stem and causal trunk conv (vision.cc).
+(cached_attention.cc) and the vision encoder's stem and causal trunk conv (vision.cc).
 
 The shared library is compiled once per (source, compiler flags, jaxlib headers, host CPU) with the
 system C++ compiler (`$CXX`, else g++/c++) into `$AUTOGAZE_KERNEL_CACHE` (default
@@ -27,11 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 
 HERE = pathlib.Path(__file__).parent
-SOURCES = (HERE / "cached_attention.cc", HERE / "vision.cc", HERE / "decoder_layer.cc")
-HEADERS = (HERE / "simd.h", HERE / "attention.h")
+SOURCES = (HERE / "cached_attention.cc", HERE / "vision.cc")
+HEADERS = (HERE / "simd.h",)
 TARGET = "autogaze_cached_attention"
 STEM_TARGET, CONV_TARGET = "autogaze_stem", "autogaze_causal_conv"
-LAYER_TARGET = "autogaze_decoder_layer"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-w")
 HEAD_DIMS = (16, 32, 64, 128)
 
@@ -91,7 +89,7 @@ def _registered() -> bool:
   try:
     lib = ctypes.cdll.LoadLibrary(str(build()))
     for name, fn in ((TARGET, lib.AutogazeCachedAttention), (STEM_TARGET, lib.AutogazeStem),
-                     (CONV_TARGET, lib.AutogazeCausalConv), (LAYER_TARGET, lib.AutogazeDecoderLayer)):
+                     (CONV_TARGET, lib.AutogazeCausalConv)):
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(fn), platform="cpu")
     return True
   except Exception as e:  # no compiler, no headers, unsupported host: the JAX path still works
@@ -103,15 +101,6 @@ def supports(q: jax.Array, ck: jax.Array) -> bool:
   """Whether `cached_attention` can run these arrays (float32, a supported head dim) here."""
   return (enabled() and q.dtype == jnp.float32 and ck.dtype == jnp.float32 and q.shape[-1] in HEAD_DIMS
           and ck.shape[-1] % 32 == 0 and _registered())
-
-
-def supports_layer(x: jax.Array, ck: jax.Array, intermediate: int) -> bool:
-  """Whether `decoder_layer` can run this layer here: float32, a supported head dim, hidden and MLP
-  widths in multiples of 32, heads x head dim = hidden (as the gaze decoder's square projections)."""
-  d, heads, hd = x.shape[-1], ck.shape[2], ck.shape[3]
-  return (enabled() and x.dtype == jnp.float32 and ck.dtype == jnp.float32 and hd in HEAD_DIMS
-          and ck.shape[-1] % 32 == 0 and d % 32 == 0 and intermediate % 32 == 0 and heads * hd == d
-          and _registered())
 
 
 def supports_vision(x: jax.Array, width: int) -> bool:
@@ -144,7 +133,7 @@ def _batch_partitioned(fn, in_axes, out_axes, rule):
   return part
 
 
-# ---- the rollout's cached attention (cached_attention.cc) and decoder layer (decoder_layer.cc) ----
+# ---- the rollout's cached attention (cached_attention.cc) ----
 
 @functools.cache
 def _attention(layer: int):
@@ -162,29 +151,6 @@ def cached_attention(q, k, v, ck, cv, layer: int, start, kv_valid):
   """The kernel's `layers.cached_attention`: same arguments and results (CPU only; the caches are
   updated in place; a query row that sees no key returns zeros). Batch-sharded inputs stay sharded."""
   return _attention(layer)(q, k, v, ck, cv, jnp.asarray(start, jnp.int32), kv_valid)
-
-
-@functools.cache
-def _layer(layer: int, nq: int, eps: float):
-  def call(x, cos, sin, ln1, wq, wk, wv, wo, ln2, wg, wu, wd, ck, cv, start, kv_valid):
-    shapes = (jax.ShapeDtypeStruct((x.shape[0], nq, x.shape[2]), x.dtype), jax.ShapeDtypeStruct(ck.shape, ck.dtype),
-              jax.ShapeDtypeStruct(cv.shape, cv.dtype))
-    ffi = jax.ffi.ffi_call(LAYER_TARGET, shapes, vmap_method="sequential", input_output_aliases={12: 1, 13: 2})
-    return ffi(x, cos, sin, ln1, wq, wk, wv, wo, ln2, wg, wu, wd, ck, cv, kv_valid.astype(jnp.bool_), start,
-               layer=np.int64(layer), nq=np.int64(nq), eps=np.float32(eps))
-  return _batch_partitioned(
-      call, (0, 0, 0, *[None] * 9, 1, 1, None, 0), (0, 1, 1),
-      "b n d, b n e, b n e, w1, w2 w3, w4 w5, w6 w7, w8 w9, w10, w11 w12, w13 w14, w15 w16, "
-      "l b h e s, l b h s e, , b s -> b m d, l b h e s, l b h s e")
-
-
-def decoder_layer(x, cos, sin, weights, ck, cv, layer: int, start, kv_valid, nq: int, eps: float):
-  """One decoder layer of `GazeDecoder.hidden_cached` as one kernel (CPU only): x (B, n, d) new tokens
-  at cache slots [start, start + n), cos/sin (B, n, hd) their RoPE angles, weights = (input_layernorm,
-  q, k, v, o, post_attention_layernorm, gate, up, down) as Flax kernels; every token's key/value is
-  written into layer `layer` of the caches (in place), the last nq tokens run the rest.
-  -> (out (B, nq, d), ck, cv). Batch-sharded inputs stay sharded."""
-  return _layer(layer, nq, float(eps))(x, cos, sin, *weights, ck, cv, jnp.asarray(start, jnp.int32), kv_valid)
 
 
 # ---- the vision encoder (vision.cc) ----

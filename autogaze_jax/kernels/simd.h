@@ -1,5 +1,4 @@
-// SIMD helpers, the matmul micro-kernel and the thread sharing of the fused CPU kernels (cached_attention.cc,
-// decoder_layer.cc, vision.cc).
+// SIMD helpers and the thread sharing of the fused CPU kernels (cached_attention.cc, vision.cc).
 //
 // Written with GCC/Clang vector extensions, so the kernels build for whatever SIMD the host has
 // (-march=native); no intrinsics. 16 float lanes: one AVX-512 register, two AVX2 registers.
@@ -54,32 +53,6 @@ inline vf vexp(vf x) {
   vf scale;
   __builtin_memcpy(&scale, &bits, sizeof(scale));
   return y * scale;
-}
-
-// C (R x N) (+)= A (R x K) @ W (K x N), N a multiple of 32: R x 32 accumulators stay in registers
-// while a 32-column panel of W streams past (broadcast-FMA).
-template <int R, bool kAccumulate>
-void gemm(const float* A, int64_t K, const float* W, int64_t N, float* C) {
-  for (int64_t j0 = 0; j0 < N; j0 += 2 * kLanes) {
-    vf c[R][2];
-    for (int r = 0; r < R; ++r) {
-      c[r][0] = kAccumulate ? load(C + r * N + j0) : vf{};
-      c[r][1] = kAccumulate ? load(C + r * N + j0 + kLanes) : vf{};
-    }
-    const float* w = W + j0;
-    for (int64_t k = 0; k < K; ++k, w += N) {
-      const vf w0 = load(w), w1 = load(w + kLanes);
-      for (int r = 0; r < R; ++r) {
-        const float a = A[r * K + k];
-        c[r][0] += a * w0;
-        c[r][1] += a * w1;
-      }
-    }
-    for (int r = 0; r < R; ++r) {
-      store(C + r * N + j0, c[r][0]);
-      store(C + r * N + j0 + kLanes, c[r][1]);
-    }
-  }
 }
 
 inline int cpu_count() {

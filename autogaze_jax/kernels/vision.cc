@@ -14,6 +14,32 @@
 namespace autogaze {
 namespace {
 
+// C (R x N) (+)= A (R x K) @ W (K x N), N a multiple of 32: R x 32 accumulators stay in registers
+// while a 32-column panel of W streams past (broadcast-FMA).
+template <int R, bool kAccumulate>
+void gemm(const float* A, int64_t K, const float* W, int64_t N, float* C) {
+  for (int64_t j0 = 0; j0 < N; j0 += 2 * kLanes) {
+    vf c[R][2];
+    for (int r = 0; r < R; ++r) {
+      c[r][0] = kAccumulate ? load(C + r * N + j0) : vf{};
+      c[r][1] = kAccumulate ? load(C + r * N + j0 + kLanes) : vf{};
+    }
+    const float* w = W + j0;
+    for (int64_t k = 0; k < K; ++k, w += N) {
+      const vf w0 = load(w), w1 = load(w + kLanes);
+      for (int r = 0; r < R; ++r) {
+        const float a = A[r * K + k];
+        c[r][0] += a * w0;
+        c[r][1] += a * w1;
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      store(C + r * N + j0, c[r][0]);
+      store(C + r * N + j0 + kLanes, c[r][1]);
+    }
+  }
+}
+
 constexpr int kRows = 12;  // rows per block: 12 x 2 accumulators + 2 weight vectors fit 32 registers
 
 // ---- stem ----

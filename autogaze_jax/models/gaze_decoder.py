@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from autogaze_jax.config import GazeConfig
-from autogaze_jax.kernels import cpu as cpu_kernels
+
 from autogaze_jax.models.flash_attention import flash_attention
 from autogaze_jax.models.layers import (apply_rope, cached_attention, dense, llama3_inv_freq, rms_norm,
                                         rope_cos_sin)
@@ -157,34 +157,10 @@ class GazeDecoder(nnx.Module):
     last = len(self.layers) - 1
     cos, sin = (jnp.take(t, positions, axis=0, mode="fill", fill_value=jnp.nan) for t in rope_table)
     for i, layer in enumerate(self.layers):
-      x, ck, cv = self._cached_layer(i, x, cos, sin, ck, cv, start, kv_valid, chunk, read_out=i == last)
-    return self.final_norm(x[:, 0]), (ck, cv)
-
-  def _cached_layer(self, i, x, cos, sin, ck, cv, start, kv_valid, chunk, read_out):
-    """Layer i of `hidden_cached` -> (x (B, 1 if read_out else n, D), ck, cv). On CPU the fused layer
-    kernel (autogaze_jax/kernels: the layer's linears, norms, RoPE and attention as one call; the
-    decoder's share of a clip rollout drops ~8% against XLA's ops around the attention kernel) when it
-    can be built; otherwise, and on other platforms, XLA ops around `cached_attention`."""
-    layer = self.layers[i]
-
-    def xla(x, cos, sin, ck, cv, start, kv_valid):
-      q, k, v = self._qkv(layer, x, cos, sin, last_query=read_out)
+      q, k, v = self._qkv(layer, x, cos, sin, last_query=i == last)
       attn, ck, cv = cached_attention(q, k, v, ck, cv, i, start, kv_valid, chunk)
-      return self._finish(layer, x[:, -q.shape[1]:], attn), ck, cv
-
-    args = (x, cos, sin, ck, cv, start, kv_valid)
-    f = self.cfg.decoder.intermediate_size
-    if jax.default_backend() != "cpu" or not cpu_kernels.supports_layer(x, ck, f):
-      return xla(*args)
-    attn, mlp = layer.self_attn, layer.mlp
-    weights = [w[...].astype(jnp.float32) for w in (
-        layer.input_layernorm.scale, attn.q_proj.kernel, attn.k_proj.kernel, attn.v_proj.kernel, attn.o_proj.kernel,
-        layer.post_attention_layernorm.scale, mlp.gate_proj.kernel, mlp.up_proj.kernel, mlp.down_proj.kernel)]
-
-    def kernel(x, cos, sin, ck, cv, start, kv_valid):
-      return cpu_kernels.decoder_layer(x, cos, sin, weights, ck, cv, i, start, kv_valid,
-                                       nq=1 if read_out else x.shape[1], eps=self.cfg.decoder.rms_norm_eps)
-    return jax.lax.platform_dependent(*args, cpu=kernel, default=xla)
+      x = self._finish(layer, x[:, -q.shape[1]:], attn)
+    return self.final_norm(x[:, 0]), (ck, cv)
 
   def init_cache(self, batch: int, slots: int, dtype=None):
     dc = self.cfg.decoder
