@@ -133,11 +133,12 @@ struct Conv {
 
 // One output frame: for each tap, every output row passes the tap's (C, O) weights (kept in L2) in
 // blocks of kRows rows gathered from the shifted input (zeros outside the frame); the frame's
-// accumulators (g g x O) stay in L2 too. Then bias + ReLU.
+// accumulators (g g x O, padded to whole blocks: the last block's extra rows only ever add zeros)
+// stay in L2 too. Then bias + ReLU.
 void conv_frame(const Conv& p, int64_t b, int64_t t) {
   const int64_t g = p.g, C = p.c, O = p.o, pad = (p.ks - 1) / 2, rows = g * g;
   thread_local std::vector<float> acc, a;
-  acc.assign(rows * O, 0.0f);
+  acc.assign(round_up(rows, kRows) * O, 0.0f);
   a.resize(kRows * C);
   for (int64_t dt = 0; dt < p.kt; ++dt) {
     const float* frame = p.x + (b * (p.T + p.kt - 1) + t + dt) * rows * C;
@@ -154,15 +155,7 @@ void conv_frame(const Conv& p, int64_t b, int64_t t) {
             else
               std::fill(dst, dst + C, 0.0f);
           }
-          if (n == kRows) {
-            gemm<kRows, true>(a.data(), C, w, O, acc.data() + r0 * O);
-          } else {  // the frame's last, short block: accumulate through a full-size scratch block
-            thread_local std::vector<float> tail;
-            tail.assign(kRows * O, 0.0f);
-            std::copy(acc.data() + r0 * O, acc.data() + rows * O, tail.data());
-            gemm<kRows, true>(a.data(), C, w, O, tail.data());
-            std::copy(tail.data(), tail.data() + n * O, acc.data() + r0 * O);
-          }
+          gemm<kRows, true>(a.data(), C, w, O, acc.data() + r0 * O);
         }
       }
   }
