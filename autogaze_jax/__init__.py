@@ -1,6 +1,6 @@
 """autogaze-jax: AutoGaze ("Attend Before Attention") in JAX/Flax."""
-from autogaze_jax.autogaze import AutoGaze
-from autogaze_jax.config import DecoderConfig, GazeConfig, VisionConfig, tiny_config
+from autogaze_jax.api import AutoGaze
+from autogaze_jax.gaze.config import DecoderConfig, GazeConfig, VisionConfig, tiny_config
 
 __version__ = "0.1.0"
 

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from autogaze_jax import GazeConfig
-from autogaze_jax.autogaze import init_params, teacher_forced
-from autogaze_jax.flops import teacher_forced_flops
+from autogaze_jax.gaze.functional import init_params, teacher_forced
+from autogaze_jax.gaze.flops import teacher_forced_flops
 from benchmarks import common
 
 

@@ -35,8 +35,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from autogaze_jax.models import gazed_vit as gv  # noqa: E402
-from autogaze_jax.tiling import tile_video  # noqa: E402
+from autogaze_jax.vit import model as gv  # noqa: E402
+from autogaze_jax.gaze.tiling import tile_video  # noqa: E402
 from benchmarks.common import emit, env, matmul_peak_gflops  # noqa: E402
 
 RATIOS = (1.0, 0.25, 0.1, 0.05)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autogaze_jax import greedy
+from autogaze_jax.labels import greedy
 from benchmarks import common
 
 V, T_FULL, RATIO = 265, 16, 0.1
@@ -98,8 +98,8 @@ def main(argv=None):
   args = p.parse_args(argv)
   jax.config.update("jax_default_matmul_precision", "highest")
   from autogaze_jax.interop.videomae import load_checkpoint
-  from autogaze_jax.models.videomae import init_params
-  from autogaze_jax.videomae_config import VideoMAEConfig
+  from autogaze_jax.judge.model import init_params
+  from autogaze_jax.judge.config import VideoMAEConfig
   from data_pipelines.pipeline import make_source, normalize_on_device
   import os
   fixture = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures", "videomae_tiny")

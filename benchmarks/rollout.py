@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from autogaze_jax import GazeConfig
-from autogaze_jax.autogaze import init_params
-from autogaze_jax.flops import rollout_flops
-from autogaze_jax.generate import make_spec
-from autogaze_jax.rollout import budgets_from_ratio, rollout
+from autogaze_jax.gaze.functional import init_params
+from autogaze_jax.gaze.flops import rollout_flops
+from autogaze_jax.gaze.generate import make_spec
+from autogaze_jax.gaze.rollout import budgets_from_ratio, rollout
 from benchmarks import common
 
 CASES = {"ratio0.1": (0.1, None), "thr0.7": (0.75, 0.7)}

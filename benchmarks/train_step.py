@@ -20,9 +20,9 @@ import numpy as np
 import optax
 
 from autogaze_jax import GazeConfig
-from autogaze_jax.algorithms.common import TrainState
-from autogaze_jax.autogaze import init_params
-from autogaze_jax.flops import teacher_forced_flops
+from autogaze_jax.train.state import TrainState
+from autogaze_jax.gaze.functional import init_params
+from autogaze_jax.gaze.flops import teacher_forced_flops
 from benchmarks import common
 
 
@@ -35,7 +35,7 @@ def _compile(fn, *args):
 
 
 def bench_ntp(cfg, batch, slots, repeats, peak):
-  from autogaze_jax.algorithms.ntp import make_train_step
+  from autogaze_jax.train.ntp import make_train_step
   graphdef, params = init_params(cfg, 0)
   tx = optax.adam(5e-4)
   counts = (slots,) * 16
@@ -58,9 +58,9 @@ def bench_ntp(cfg, batch, slots, repeats, peak):
 
 
 def bench_grpo(cfg, batch, group, cap, repeats, peak):
-  from autogaze_jax.algorithms.grpo import make_train_step
-  from autogaze_jax.algorithms.registry import videomae_size
-  from autogaze_jax.models.videomae import init_params as mae_init
+  from autogaze_jax.train.grpo import make_train_step
+  from autogaze_jax.train.registry import videomae_size
+  from autogaze_jax.judge.model import init_params as mae_init
   graphdef, params = init_params(cfg, 0)
   mg, mp = mae_init(videomae_size("small"), 0)
   tx = optax.sgd(5e-4)

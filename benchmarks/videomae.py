@@ -29,9 +29,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from autogaze_jax.losses import reconstruction_task  # noqa: E402
-from autogaze_jax.models.videomae import init_params  # noqa: E402
-from autogaze_jax.videomae_config import VideoMAEConfig, tiny_videomae_config  # noqa: E402
+from autogaze_jax.judge.losses import reconstruction_task  # noqa: E402
+from autogaze_jax.judge.model import init_params  # noqa: E402
+from autogaze_jax.judge.config import VideoMAEConfig, tiny_videomae_config  # noqa: E402
 
 BASELINE = "/work/shared/baselines/official_cpu.json"
 T, V = 16, 265

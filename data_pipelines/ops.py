@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from autogaze_jax.preprocess import Processor
+from autogaze_jax.gaze.preprocess import Processor
 
 CLIP_LEN = 16
 SIZE = 224

@@ -88,8 +88,8 @@ def main(argv=None):
   logging.basicConfig(level=logging.INFO, format="%(message)s")
 
   from autogaze_jax import AutoGaze, GazeConfig
-  from autogaze_jax import viz
-  from autogaze_jax.patches import ScaleLayout
+  from autogaze_jax.evaluation import viz
+  from autogaze_jax.core.patches import ScaleLayout
   if args.checkpoint:
     model = AutoGaze.from_pretrained(args.checkpoint)
   else:
@@ -128,8 +128,8 @@ def main(argv=None):
 
 
 def run_vit(args, model, frames, res):
-  """--vit: the gazed ViT on this gaze (autogaze_jax.models.gazed_vit.gaze_then_vit), timed vs full-token."""
-  from autogaze_jax.models import gazed_vit as gv
+  """--vit: the gazed ViT on this gaze (autogaze_jax.vit.model.gaze_then_vit), timed vs full-token."""
+  from autogaze_jax.vit import model as gv
   if args.vit in gv.NAMED:
     logging.warning(f"WARNING: --vit={args.vit}: RANDOMLY INITIALISED SigLIP-style ViT (timings only)")
     vit = gv.GazedViT.named(args.vit, seed=args.seed)

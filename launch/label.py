@@ -26,7 +26,7 @@ def main(argv):
   init_runtime(_DIST.value)
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError("--config and --workdir are required (see --help)")
-  from autogaze_jax import greedy
+  from autogaze_jax.labels import greedy
   try:
     summary = greedy.run(_CONFIG.value, _WORKDIR.value)
   except ValueError as e:

@@ -54,7 +54,7 @@ def _sizes(scale: str) -> dict:
 
 def _train(cfg, workdir):
   """Run one training stage in `workdir` (its basename is the stage name) unless it already exported."""
-  from autogaze_jax import trainer
+  from autogaze_jax.train import loop as trainer
   stage = os.path.basename(os.path.normpath(workdir))
   if os.path.exists(os.path.join(workdir, "export", "config.json")):
     logging.info("skip stage %s: %s/export exists", stage, workdir)
@@ -88,7 +88,7 @@ def run(workdir: str, scale: str = "smoke", threshold: float | None = None, eval
   # 2. greedy labels
   labels = os.path.join(d("labels"), "gazing_labels.json")
   if not os.path.exists(labels):
-    from autogaze_jax.greedy import GreedyConfig, label_embedded
+    from autogaze_jax.labels.greedy import GreedyConfig, label_embedded
     t0 = time.perf_counter()
     # cheap variant (random candidate subsets, several patches per round): exact greedy is ~100x slower
     gcfg = GreedyConfig(tau=0.0, budget=s["label_budget"], candidates="random", num_candidates=s["cands"],
@@ -111,10 +111,11 @@ def run(workdir: str, scale: str = "smoke", threshold: float | None = None, eval
 
 
 def evaluate(workdir, mae_dir, s, threshold, n_clips) -> dict:
-  from autogaze_jax import AutoGaze, viz
-  from autogaze_jax import evaluate as ev
+  from autogaze_jax import AutoGaze
+  from autogaze_jax.evaluation import viz
+  from autogaze_jax.evaluation import evaluate as ev
   from autogaze_jax.interop.videomae import load_checkpoint
-  from autogaze_jax.patches import ScaleLayout
+  from autogaze_jax.core.patches import ScaleLayout
   from data_pipelines.pipeline import make_source
   src = make_source("synthetic", split="val", synthetic_num_clips=s["clips"])
   frames = np.stack([src[i]["frames"] for i in range(min(n_clips, len(src)))])

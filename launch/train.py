@@ -28,7 +28,7 @@ def main(argv):
   del argv
   from launch.runtime import init_runtime
   init_runtime(_DIST.value, _COORD.value, _NPROC.value, _PID.value)
-  from autogaze_jax import trainer
+  from autogaze_jax.train import loop as trainer
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError("--config and --workdir are required (see --help)")
   try:

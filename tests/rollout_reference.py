@@ -2,12 +2,12 @@
 
 Python lists for the KV cache and the attention mask, one eager forward per step, the official
 `_sample` control flow transcribed line by line (gaze-model.md 6.1-6.3). Slow and shape-dynamic on
-purpose: it shares no scheduling code with autogaze_jax.rollout, only the layer math.
+purpose: it shares no scheduling code with autogaze_jax.gaze.rollout, only the layer math.
 """
 import jax.numpy as jnp
 import numpy as np
 
-from autogaze_jax.models.layers import attend
+from autogaze_jax.core.layers import attend
 
 
 def _feed(dec, cache, x, pos, mask_all):

@@ -9,7 +9,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from autogaze_jax import AutoGaze
 from autogaze_jax.kernels import cpu
-from autogaze_jax.models.layers import cached_attention
+from autogaze_jax.core.layers import cached_attention
 from conftest import FIXTURES
 
 pytestmark = pytest.mark.skipif(not cpu.supports(jnp.zeros((1, 1, 1, 32)), jnp.zeros((1, 1, 1, 32, 32))),

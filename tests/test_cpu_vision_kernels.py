@@ -9,10 +9,10 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from autogaze_jax import GazeConfig
-from autogaze_jax.config import VisionConfig
+from autogaze_jax.gaze.config import VisionConfig
 from autogaze_jax.kernels import cpu
-from autogaze_jax.models.vision_encoder import VisionEncoder
-from autogaze_jax.sharding import make_mesh
+from autogaze_jax.gaze.encoder import VisionEncoder
+from autogaze_jax.core.sharding import make_mesh
 
 pytestmark = pytest.mark.skipif(not cpu.supports_vision(jnp.zeros((1,), jnp.float32), 32),
                                 reason="the CPU kernels cannot be built here (see the logged warning)")

@@ -26,7 +26,7 @@ def test_generated_once_deterministic_and_readable(tmp_path):
   assert it["frames"].shape == (16, 224, 224, 3) and src.stats()["ok"] == 1 and src.stats()["padded_short"] == 0
   # Decoded clip is close to the generated frames (resized 64 -> 224; x264 crf 18).
   gen = synthetic.make_clip(SMALL.seed, 0, SMALL)[:16]
-  from autogaze_jax.preprocess import Processor
+  from autogaze_jax.gaze.preprocess import Processor
   ref = Processor(shortest_edge=224).resize(gen).astype(float)
   assert np.abs(it["frames"].astype(float) - ref).mean() < 6.0
   assert synthetic.SyntheticConfig(seed=4).key() != synthetic.SyntheticConfig(seed=3).key()

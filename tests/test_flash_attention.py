@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from autogaze_jax.models.flash_attention import flash_attention
-from autogaze_jax.models.layers import attend
+from autogaze_jax.core.flash_attention import flash_attention
+from autogaze_jax.core.layers import attend
 
 
 def _inputs(b=2, length=150, h=3, d=16, seed=0):

@@ -1,6 +1,6 @@
 """Rollout FLOP counts (autogaze_jax/flops.py), checked against hand counts of the default model."""
 from autogaze_jax import GazeConfig
-from autogaze_jax.flops import attention_flops, decoder_token_flops, head_flops, rollout_flops, vision_flops
+from autogaze_jax.gaze.flops import attention_flops, decoder_token_flops, head_flops, rollout_flops, vision_flops
 
 
 def test_rollout_flops_by_hand():

@@ -8,9 +8,9 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from autogaze_jax import AutoGaze, GazeConfig
-from autogaze_jax.autogaze import init_params
-from autogaze_jax.models.layers import llama3_inv_freq
-from autogaze_jax.preprocess import Processor
+from autogaze_jax.gaze.functional import init_params
+from autogaze_jax.core.layers import llama3_inv_freq
+from autogaze_jax.gaze.preprocess import Processor
 from conftest import FIXTURES
 
 TINY = os.path.join(FIXTURES, "gaze_tiny")
@@ -102,7 +102,7 @@ def test_teacher_forced_sharded_equals_single_device(tiny, clip, tf_ref):
   pv = jax.device_put(np.tile(_b2(clip["pixel_values"]), (4, 1, 1, 1, 1)), NamedSharding(mesh, P("data")))
   gp = jax.device_put(np.tile(tf_ref["label_gazing_pos"], (4, 1)), NamedSharding(mesh, P("data")))
   pad = jax.device_put(np.tile(tf_ref["label_if_padded_gazing"], (4, 1)), NamedSharding(mesh, P("data")))
-  from autogaze_jax.autogaze import teacher_forced
+  from autogaze_jax.gaze.functional import teacher_forced
   out = teacher_forced(tiny.graphdef, params, pv, gp, pad, tuple(tf_ref["label_num_gazing_each_frame"].tolist()))
   out = jax.block_until_ready(out)
   assert out["log_action_probs"].sharding.spec == P("data") or len(out["log_action_probs"].sharding.device_set) == 8
@@ -115,7 +115,7 @@ def test_default_config_parameter_count_and_names():
   manifest = json.load(open(os.path.join(FIXTURES, "gaze_full_manifest.json")))
   cfg = GazeConfig.from_official_dict(manifest["config_json"])
   assert cfg.replace(raw_json="") == GazeConfig()  # our defaults are the released model
-  from autogaze_jax.interop.hf import _abstract_torch_shapes, name_table
+  from autogaze_jax.interop.gaze import _abstract_torch_shapes, name_table
   shapes = _abstract_torch_shapes(GazeConfig())
   table = name_table(GazeConfig())
   assert [(n, list(shapes[p])) for n, p, _ in table] == [(t["name"], t["shape"]) for t in manifest["tensors"]]

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from autogaze_jax.interop import siglip as io
-from autogaze_jax.interop.hf import CheckpointError
-from autogaze_jax.models import gazed_vit as gv
+from autogaze_jax.interop.gaze import CheckpointError
+from autogaze_jax.vit import model as gv
 from tests.conftest import FIXTURES
 
 TINY = gv.GazedViTConfig.named("tiny")

@@ -13,11 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from autogaze_jax import greedy
-from autogaze_jax.losses import reconstruction_task
-from autogaze_jax.models.videomae import init_params
-from autogaze_jax.sharding import make_mesh
-from autogaze_jax.videomae_config import tiny_videomae_config
+from autogaze_jax.labels import greedy
+from autogaze_jax.judge.losses import reconstruction_task
+from autogaze_jax.judge.model import init_params
+from autogaze_jax.core.sharding import make_mesh
+from autogaze_jax.judge.config import tiny_videomae_config
 from data_pipelines import labels as labels_lib
 from data_pipelines.pipeline import make_source, normalize_on_device
 

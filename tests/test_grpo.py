@@ -12,10 +12,10 @@ import optax
 import pytest
 
 from autogaze_jax import AutoGaze
-from autogaze_jax.algorithms.grpo import discounted_advantages, grpo_losses, policy_loss_fn
-from autogaze_jax.interop.hf import params_to_official
+from autogaze_jax.train.grpo import discounted_advantages, grpo_losses, policy_loss_fn
+from autogaze_jax.interop.gaze import params_to_official
 from autogaze_jax.interop.videomae import load_checkpoint
-from autogaze_jax.losses import reconstruction_task
+from autogaze_jax.judge.losses import reconstruction_task
 from conftest import FIXTURES
 
 G, GAMMA = 4, 0.995

@@ -10,12 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from autogaze_jax import AutoGaze, trainer
-from autogaze_jax import evaluate as ev
-from autogaze_jax.algorithms import registry
-from autogaze_jax.greedy import GreedyConfig, label_embedded
+from autogaze_jax import AutoGaze
+
+from autogaze_jax.train import loop as trainer
+from autogaze_jax.evaluation import evaluate as ev
+from autogaze_jax.train import registry
+from autogaze_jax.labels.greedy import GreedyConfig, label_embedded
 from autogaze_jax.interop.videomae import load_checkpoint
-from autogaze_jax.losses import reconstruction_task
+from autogaze_jax.judge.losses import reconstruction_task
 from configs import grpo as grpo_cfg, ntp as ntp_cfg
 
 JUDGE = os.path.join(os.path.dirname(registry.__file__), "..", "assets", "judge_small")

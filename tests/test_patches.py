@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from autogaze_jax import patches as P
-from autogaze_jax.config import GazeConfig, tiny_config
-from autogaze_jax.resize import resize_bicubic, resize_bicubic_np
+from autogaze_jax.core import patches as P
+from autogaze_jax.gaze.config import GazeConfig, tiny_config
+from autogaze_jax.core.resize import resize_bicubic, resize_bicubic_np
 from tests.conftest import FIXTURES
 
 L265 = P.RELEASED_LAYOUT

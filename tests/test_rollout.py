@@ -6,9 +6,9 @@ import pytest
 from flax import nnx
 
 from autogaze_jax import AutoGaze
-from autogaze_jax.autogaze import _take_sample
-from autogaze_jax.preprocess import Processor
-from autogaze_jax.tiling import recover_res_adapt, res_adapt_tiles
+from autogaze_jax.api import _take_sample
+from autogaze_jax.gaze.preprocess import Processor
+from autogaze_jax.gaze.tiling import recover_res_adapt, res_adapt_tiles
 from conftest import FIXTURES
 from rollout_reference import reference_generate
 

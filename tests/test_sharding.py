@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from autogaze_jax.sharding import (DEFAULT_RULES, make_mesh, param_shardings, param_specs, shard_batch,
+from autogaze_jax.core.sharding import (DEFAULT_RULES, make_mesh, param_shardings, param_specs, shard_batch,
                                    shard_params, spec_for)
 
 
@@ -57,8 +57,8 @@ def test_optimizer_moments_follow_their_param_sharding_by_path():
   """Adam moments get their param's sharding by tree path (same-shaped params sharded differently stay distinct)."""
   import optax
   from jax.sharding import NamedSharding, PartitionSpec as P
-  from autogaze_jax import sharding as shd
-  from autogaze_jax.trainer import _match_param_shardings
+  from autogaze_jax.core import sharding as shd
+  from autogaze_jax.train.loop import _match_param_shardings
   mesh = shd.make_mesh(data=1, fsdp=8)
   params = {"vit": {"w": jnp.ones((16, 8))}, "gaze": {"w": jnp.ones((16, 8))}, "b": jnp.ones((3,))}
   p_shard = shd.param_shardings(params, mesh)

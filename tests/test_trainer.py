@@ -6,7 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from autogaze_jax import AutoGaze, trainer
+from autogaze_jax import AutoGaze
+
+from autogaze_jax.train import loop as trainer
 from configs import ntp as ntp_cfg
 
 
@@ -118,7 +120,7 @@ def test_export_cli_from_checkpoint_equals_final_export(uninterrupted, tmp_path)
 
 
 def test_ntp_losses_match_official_fixture():
-  from autogaze_jax.algorithms.ntp import ntp_losses
+  from autogaze_jax.train.ntp import ntp_losses
   from conftest import FIXTURES
   tiny = os.path.join(FIXTURES, "gaze_tiny")
   ref = np.load(os.path.join(tiny, "teacher_forced.npz"))

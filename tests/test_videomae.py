@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES
-from autogaze_jax import perceptual as pc
-from autogaze_jax.interop.hf import CheckpointError, read_safetensors
+from autogaze_jax.judge import perceptual as pc
+from autogaze_jax.interop.gaze import CheckpointError, read_safetensors
 from autogaze_jax.interop.videomae import load_checkpoint, official_to_params, save_checkpoint
-from autogaze_jax.losses import frame_losses, reconstruction_task
-from autogaze_jax.models.videomae import check_gaze_inputs, init_params
-from autogaze_jax.sharding import make_mesh, param_specs, shard_batch, shard_params
-from autogaze_jax.videomae_config import VideoMAEConfig, tiny_videomae_config
-from autogaze_jax.videomae_train import (VideoMAETrainConfig, init_state, make_optimizer, make_train_step,
+from autogaze_jax.judge.losses import frame_losses, reconstruction_task
+from autogaze_jax.judge.model import check_gaze_inputs, init_params
+from autogaze_jax.core.sharding import make_mesh, param_specs, shard_batch, shard_params
+from autogaze_jax.judge.config import VideoMAEConfig, tiny_videomae_config
+from autogaze_jax.train.judge import (VideoMAETrainConfig, init_state, make_optimizer, make_train_step,
                                          random_gaze)
 
 DIR = os.path.join(FIXTURES, "videomae_tiny")
@@ -92,7 +92,7 @@ def test_block_causality_and_order_invariance():
 
 def test_static_counts_same_outputs():
   """The static-count path (encoder skips later frames' keys) equals the traced one."""
-  from autogaze_jax.models.videomae import frame_groups
+  from autogaze_jax.judge.model import frame_groups
   assert frame_groups((3, 0, 200, 5), 1, 128) == ((0, 204, 204), (204, 209, 209))
   _, g, p, _ = _model()
   video, pos, pad, cnt = _inputs()
@@ -318,7 +318,7 @@ def test_perceptual_load_features_and_weighted_loss(tmp_path, caplog):
   assert (np.asarray(terms["dinov2_reg"]) > 0).all() and (np.asarray(terms["siglip2"]) > 0).all()
   zero, zterms = frame_losses(cfg, x, x, nets)
   np.testing.assert_allclose(zero, 0.0, atol=1e-6)
-  with caplog.at_level(logging.WARNING, logger="autogaze_jax.losses"):
+  with caplog.at_level(logging.WARNING, logger="autogaze_jax.judge.losses"):
     only_l1, t1 = frame_losses(cfg, y, x, None)
   assert set(t1) == {"l1"} and "skipped" in caplog.text and "dinov2_reg" in caplog.text
   np.testing.assert_allclose(only_l1, terms["l1"])

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from autogaze_jax import patches as P
-from autogaze_jax import viz
-from autogaze_jax.resize import resize_bicubic_np
+from autogaze_jax.core import patches as P
+from autogaze_jax.evaluation import viz
+from autogaze_jax.core.resize import resize_bicubic_np
 from tests.conftest import FIXTURES
 
 L = P.RELEASED_LAYOUT

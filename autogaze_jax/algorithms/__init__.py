@@ -1,1 +1,0 @@
-"""Training algorithms: one pure, jitted `train_step(state, batch, rng) -> (state, metrics)` each."""

@@ -1,0 +1,162 @@
+"""`AutoGaze`: the user-facing handle = config + static graphdef + param pytree, the top of the library.
+
+Computation lives in `gaze/` (pure functions of (graphdef, params, arrays), see `gaze/functional.py`);
+this class only holds the pieces together and does checkpoint I/O through `interop/gaze.py`.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from autogaze_jax.gaze.config import GazeConfig
+from autogaze_jax.gaze.functional import (abstract_params, check_pixel_values, init_params, params_from_pure_dict,
+                                          teacher_forced, vision_features)
+from autogaze_jax.gaze.generate import generate
+from autogaze_jax.gaze.preprocess import Processor, check_frames
+from autogaze_jax.gaze.streaming import GazeStream
+from autogaze_jax.gaze.tiling import merge_tile_masks, needs_res_adapt, recover_res_adapt, res_adapt_tiles, tile_video
+from autogaze_jax.interop import gaze as interop
+
+
+class AutoGaze:
+  """Config + params of one gaze model, with official checkpoint I/O.
+
+  >>> model = AutoGaze.from_pretrained("path/to/checkpoint")   # config.json + model.safetensors
+  >>> out = model.teacher_forced(pixel_values, gazing_pos, if_padded, num_gazing_each_frame)
+  >>> model.save_pretrained("out_dir")                         # loadable by the official code
+  """
+
+  def __init__(self, cfg: GazeConfig, params=None, seed: int = 0, processor: Processor | None = None,
+               preprocessor_config: dict | None = None):
+    self.cfg = cfg
+    # the checkpoint's preprocessor_config.json, written back verbatim by save_pretrained
+    self.preprocessor_config = preprocessor_config
+    if params is None:
+      self.graphdef, self.params = init_params(cfg, seed)
+    else:
+      self.graphdef, self.params = params_from_pure_dict(cfg, params) if isinstance(params, dict) else (
+          abstract_params(cfg)[0], params)
+    self.processor = processor or Processor.from_pretrained(None)
+
+  # ---- checkpoint interop ----
+  @classmethod
+  def from_pretrained(cls, ckpt_dir: str, dtype: str | None = None) -> "AutoGaze":
+    cfg = interop.read_config(ckpt_dir)
+    if dtype is not None:
+      cfg = cfg.replace(dtype=dtype)
+    tensors, meta = interop.read_safetensors(os.path.join(ckpt_dir, interop.WEIGHTS_NAME))
+    if meta.get("format", "pt") != "pt":
+      raise interop.CheckpointError(f"{ckpt_dir}: safetensors metadata format {meta.get('format')!r} is not 'pt'")
+    params = interop.official_to_params(cfg, tensors)
+    pre = os.path.join(ckpt_dir, interop.PREPROCESSOR_NAME)
+    pre = json.load(open(pre)) if os.path.isfile(pre) else None
+    return cls(cfg, params, processor=Processor.from_pretrained(ckpt_dir), preprocessor_config=pre)
+
+  def save_pretrained(self, ckpt_dir: str):
+    interop.write_checkpoint(ckpt_dir, self.cfg, self.pure_params(), self.preprocessor_config)
+
+  def pure_params(self) -> dict:
+    return jax.tree.map(np.asarray, self.params.to_pure_dict())
+
+  @property
+  def num_params(self) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(self.params)))
+
+  # ---- computation ----
+  def teacher_forced(self, pixel_values, gazing_pos, if_padded_gazing, num_gazing_each_frame, debug=False):
+    pv = check_pixel_values(pixel_values, self.cfg)
+    return teacher_forced(self.graphdef, self.params, pv, jnp.asarray(gazing_pos),
+                          jnp.asarray(if_padded_gazing, bool), tuple(int(n) for n in num_gazing_each_frame),
+                          debug)
+
+  def vision_features(self, pixel_values):
+    return vision_features(self.graphdef, self.params, check_pixel_values(pixel_values, self.cfg))
+
+  def generate(self, pixel_values, gazing_ratio=None, task_loss_requirement=None, *, target_scales=None,
+               target_patch_size=None, **kw) -> dict:
+    """Official `AutoGaze.forward(..., gazing_ratio=, task_loss_requirement=)` on processed clips
+    (B, T, 3, H, W); with `target_scales`/`target_patch_size` the official resolution adaptation.
+    Keyword options: see `autogaze_jax.gaze.generate.generate` (coupled=True = official batch coupling)."""
+    if needs_res_adapt(self.cfg, target_scales, target_patch_size):
+      pv = np.asarray(check_pixel_values(pixel_values, self.cfg))
+      tiles, info = res_adapt_tiles(pv, self.cfg, target_scales, target_patch_size)
+      return recover_res_adapt(generate(self, tiles, gazing_ratio, task_loss_requirement, **kw), info, pv.shape[0])
+    return generate(self, pixel_values, gazing_ratio, task_loss_requirement, **kw)
+
+  def stream(self, gazing_ratio=None, task_loss_requirement=None, **kw):
+    """A `GazeStream`: call it with one processed frame (B, 1, 3, H, W) at a time."""
+    return GazeStream(self, gazing_ratio, task_loss_requirement, **kw)
+
+  def gaze(self, frames_uint8, gazing_ratio=0.75, task_loss_requirement=0.7, *, clip_len: int | None = None,
+           batch_tiles: int | None = None, **kw) -> dict:
+    """Gaze a video of any size and length: uint8 (T, H, W, 3) -> per-tile outputs + video-level masks.
+
+    The frames are normalised as the processor does (no resize), cut into clip_len x 224 x 224 tiles
+    (`autogaze_jax.gaze.tiling.tile_video`), gazed `batch_tiles` tiles at a time (one compiled program; the last
+    batch is padded with repeats), and stitched back. Each tile gets the result it gets alone unless
+    coupled=True. Returns {tiles: [official dict per tile], tiling, masks: per scale (T, nh*g, nw*g) bool,
+    kept_ratio_per_frame (T,), kept_ratio}.
+    """
+    frames = check_frames(frames_uint8)
+    pv = self.processor.normalize(frames)
+    tiles, tiling = tile_video(pv, clip_len or self.cfg.max_num_frames, self.cfg.input_img_size)
+    n = tiles.shape[0]
+    bt = min(batch_tiles or n, n)
+    per_tile = []
+    for s in range(0, n, bt):
+      chunk = tiles[s:s + bt]
+      real = chunk.shape[0]
+      if real < bt:  # keep one program shape: pad with repeats, drop their outputs
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bt - real, axis=0)])
+      out = generate(self, chunk, gazing_ratio, task_loss_requirement, **kw)
+      per_tile += [_take_sample(out, i) for i in range(real)]
+    masks = merge_tile_masks([np.concatenate([t["gazing_mask"][i] for t in per_tile]) for i in range(len(self.cfg.scales))],
+                             tiling)
+    real_per_frame = np.zeros(tiling.nt * tiling.clip_len)
+    for i, t in enumerate(per_tile):
+      ti = i // (tiling.nh * tiling.nw)
+      real_per_frame[ti * tiling.clip_len:(ti + 1) * tiling.clip_len] += t["num_real_gazing_each_frame"][0]
+    kept = real_per_frame[:tiling.frames] / (self.cfg.num_vision_tokens_each_frame * tiling.nh * tiling.nw)
+    last = tiling.frames - (tiling.nt - 1) * tiling.clip_len  # real frames of the last temporal tile
+    per_tile = [_first_frames(t, last) if i // (tiling.nh * tiling.nw) == tiling.nt - 1 else t
+                for i, t in enumerate(per_tile)]
+    return {"tiles": per_tile, "tiling": tiling, "masks": [m.astype(bool) for m in masks],
+            "kept_ratio_per_frame": kept, "kept_ratio": float(kept.mean())}
+
+
+def _take_sample(out: dict, i: int) -> dict:
+  """Sample i of a batched official-format dict, with its own slot counts (`sample_num_gazing_each_frame`):
+  the trailing pad slots of a frame that only its batch mates needed are dropped."""
+  n_t = np.asarray(out["num_gazing_each_frame"])
+  own = np.asarray(out["sample_num_gazing_each_frame"])[i]
+  starts = np.concatenate([[0], np.cumsum(n_t)[:-1]])
+  idx = np.concatenate([s + np.arange(n) for s, n in zip(starts, own)]).astype(np.int64)
+  res = {k: (None if out.get(k) is None else np.asarray(out[k])[i:i + 1, idx])
+         for k in ("gazing_pos", "if_padded_gazing", "log_action_probs", "task_loss_prediction")}
+  res.update(num_gazing_each_frame=own.astype(np.int64), sample_num_gazing_each_frame=own[None],
+             num_real_gazing_each_frame=np.asarray(out["num_real_gazing_each_frame"])[i:i + 1],
+             gazing_mask=[m[i:i + 1] for m in out["gazing_mask"]])
+  for k in ("scales", "frame_sampling_rate", "num_vision_tokens_each_frame", "has_task_loss_requirement"):
+    res[k] = out[k]
+  res["task_loss_requirement"] = None if out.get("task_loss_requirement") is None else out["task_loss_requirement"][i:i + 1]
+  return res
+
+
+def _first_frames(res: dict, n: int) -> dict:
+  """A single-sample dict restricted to its first n frames (drops the repeat-padding of a partial tile)."""
+  counts = np.asarray(res["num_gazing_each_frame"])
+  keep = int(counts[:n].sum())
+  out = dict(res, num_gazing_each_frame=counts[:n], sample_num_gazing_each_frame=res["sample_num_gazing_each_frame"][:, :n],
+             num_real_gazing_each_frame=res["num_real_gazing_each_frame"][:, :n],
+             gazing_mask=[m[:, :n] for m in res["gazing_mask"]])
+  for k in ("gazing_pos", "if_padded_gazing", "log_action_probs", "task_loss_prediction"):
+    out[k] = None if res.get(k) is None else res[k][:, :keep]
+  if res.get("task_loss_requirement") is not None:
+    out["task_loss_requirement"] = res["task_loss_requirement"][:, :n]
+  return out
+
+

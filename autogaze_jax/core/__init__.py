@@ -1,0 +1,1 @@
+"""Shared building blocks below every concept: multi-scale patch layout and gather/scatter, resizing,\nneural-net layers and attention kernels (plain, cached, flash), NNX Dense/LayerNorm, mesh and sharding."""

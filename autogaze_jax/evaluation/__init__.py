@@ -1,0 +1,1 @@
+"""Evaluation and reporting: gaze ratio at a reconstruction loss, gaze pictures, metric writers."""

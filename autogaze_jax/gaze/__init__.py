@@ -1,0 +1,1 @@
+"""The AutoGaze gaze model: config, conv encoder, LLaMA decoder with multi-token and task-loss heads,\npure functions over its params, preprocessing, compiled rollout, generation, streaming, tiling, FLOP counts."""

@@ -1,0 +1,271 @@
+"""Frozen perceptual feature extractors for the reconstruction loss (spec training.md 1.6).
+
+DINOv2-with-registers (HF `Dinov2WithRegistersModel`) and SigLIP2 vision (HF `SiglipVisionModel`), as
+pure functions over a flat dict of arrays keyed by the HF parameter names (linear weights stored
+(in, out), conv weights HWIO). They are frozen judges, loaded from local safetensors only (nothing
+downloads); a random init exists only for tests with tiny configs.
+
+`features(net, images)`: images (M,3,224,224) in the *task* space (ImageNet-normalised `x/127.5-1`,
+spec 1.2) -> (M, tokens, 4*width) = the last 4 `hidden_states` (before the final LayerNorm),
+concatenated on channels; DINOv2 drops cls + registers. `PerceptualNet` is a pytree: arrays are
+leaves, the config is static.
+
+Unverified against torch here (no torch on this machine): DINOv2's position table is resized
+37x37 -> 16x16 by torch's *antialiased* bicubic (`antialias=True`, a = -0.5, PIL-style support),
+implemented by `aa_bicubic_matrix` from the ATen algorithm.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from autogaze_jax.interop.gaze import CheckpointError, read_safetensors
+from autogaze_jax.core.layers import attend, dense, layer_norm
+
+TASK_MEAN, TASK_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)   # vit-mae preprocessor (ImageNet)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractorConfig:
+  kind: str                    # "dinov2_reg" | "siglip2"
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  intermediate_size: int = 3072
+  patch_size: int = 14
+  num_registers: int = 4       # dinov2_reg only
+  pos_grid: int = 37           # stored position table side (dinov2: 518/14; siglip: 224/16)
+  eps: float = 1e-6
+  image_size: int = 224        # input side (no resize, spec 1.6)
+
+  @property
+  def grid(self) -> int:
+    return self.image_size // self.patch_size
+
+
+DINOV2_REG_BASE = ExtractorConfig("dinov2_reg")
+SIGLIP2_BASE = ExtractorConfig("siglip2", patch_size=16, num_registers=0, pos_grid=14)
+
+
+@flax.struct.dataclass
+class PerceptualNet:
+  cfg: ExtractorConfig = flax.struct.field(pytree_node=False)
+  params: dict
+
+
+# ---------------------------------------------------------------- names
+def _layer_names(cfg: ExtractorConfig, i: int) -> dict:
+  """our key -> (HF name, kind) for layer i; kind in {linear, vec, ls}."""
+  if cfg.kind == "dinov2_reg":
+    p = f"encoder.layer.{i}."
+    m = {"ln1": "norm1", "ln2": "norm2", "q": "attention.attention.query", "k": "attention.attention.key",
+         "v": "attention.attention.value", "o": "attention.output.dense", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+  else:
+    p = f"vision_model.encoder.layers.{i}."
+    m = {"ln1": "layer_norm1", "ln2": "layer_norm2", "q": "self_attn.q_proj", "k": "self_attn.k_proj",
+         "v": "self_attn.v_proj", "o": "self_attn.out_proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+  return {k: p + v for k, v in m.items()}
+
+
+def expected_shapes(cfg: ExtractorConfig) -> dict[str, tuple]:
+  """HF tensor name -> torch shape, for the tensors the features use."""
+  d, f, p = cfg.hidden_size, cfg.intermediate_size, cfg.patch_size
+  out = {}
+  if cfg.kind == "dinov2_reg":
+    out.update({"embeddings.cls_token": (1, 1, d), "embeddings.register_tokens": (1, cfg.num_registers, d),
+                "embeddings.position_embeddings": (1, 1 + cfg.pos_grid ** 2, d),
+                "embeddings.patch_embeddings.projection.weight": (d, 3, p, p),
+                "embeddings.patch_embeddings.projection.bias": (d,)})
+  else:
+    out.update({"vision_model.embeddings.patch_embedding.weight": (d, 3, p, p),
+                "vision_model.embeddings.patch_embedding.bias": (d,),
+                "vision_model.embeddings.position_embedding.weight": (cfg.pos_grid ** 2, d)})
+  for i in range(cfg.num_layers):
+    n = _layer_names(cfg, i)
+    for k in ("ln1", "ln2"):
+      out[n[k] + ".weight"], out[n[k] + ".bias"] = (d,), (d,)
+    for k in ("q", "k", "v", "o"):
+      out[n[k] + ".weight"], out[n[k] + ".bias"] = (d, d), (d,)
+    out[n["fc1"] + ".weight"], out[n["fc1"] + ".bias"] = (f, d), (f,)
+    out[n["fc2"] + ".weight"], out[n["fc2"] + ".bias"] = (d, f), (d,)
+    if cfg.kind == "dinov2_reg":
+      out[f"encoder.layer.{i}.layer_scale1.lambda1"] = (d,)
+      out[f"encoder.layer.{i}.layer_scale2.lambda1"] = (d,)
+  return out
+
+
+# Tensors of the HF checkpoints that the features never use (heads, final norms, mask token).
+_UNUSED = {"dinov2_reg": ("embeddings.mask_token", "layernorm."),
+           "siglip2": ("vision_model.post_layernorm.", "vision_model.head.")}
+_STRIP = {"dinov2_reg": ("module.", "mae.", "dinov2_reg."), "siglip2": ("module.", "mae.", "siglip2.")}
+
+
+def from_tensors(cfg: ExtractorConfig, tensors: dict[str, np.ndarray]) -> PerceptualNet:
+  """HF state dict (numpy, torch layouts) -> PerceptualNet; names missing/unexpected/mis-shaped tensors."""
+  clean = {}
+  for k, a in tensors.items():
+    for p in _STRIP[cfg.kind]:
+      if k.startswith(p):
+        k = k[len(p):]
+    if not k.startswith(_UNUSED[cfg.kind]):
+      clean[k] = a
+  want = expected_shapes(cfg)
+  missing, unknown = sorted(set(want) - set(clean)), sorted(set(clean) - set(want))
+  if missing or unknown:
+    raise CheckpointError(f"{cfg.kind} tensors do not match the config: missing {missing}, unexpected {unknown}")
+  params = {}
+  for k, shape in want.items():
+    a = np.asarray(clean[k], np.float32)
+    if a.shape != shape:
+      raise CheckpointError(f"{cfg.kind} tensor {k} has shape {a.shape}, expected {shape}")
+    if a.ndim == 4:
+      a = a.transpose(2, 3, 1, 0)                       # OIHW -> HWIO
+    elif a.ndim == 2 and not k.endswith("position_embedding.weight"):
+      a = a.T                                           # (out,in) -> (in,out)
+    params[k] = jnp.asarray(a)
+  if cfg.kind == "dinov2_reg":   # constant: the stored table resized once to this input size
+    params["embeddings.position_embeddings"] = jnp.asarray(_dinov2_pos(cfg, np.asarray(clean[
+        "embeddings.position_embeddings"], np.float32)))
+  return PerceptualNet(cfg, params)
+
+
+def load(cfg: ExtractorConfig, path: str) -> PerceptualNet:
+  """Local safetensors file (or directory holding model.safetensors) -> PerceptualNet."""
+  if os.path.isdir(path):
+    path = os.path.join(path, "model.safetensors")
+  tensors, _ = read_safetensors(path)
+  return from_tensors(cfg, tensors)
+
+
+def random_tensors(cfg: ExtractorConfig, seed: int = 0, std: float = 0.2) -> dict[str, np.ndarray]:
+  """HF-named random tensors (torch layouts): for tests of tiny configs only."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for k, shape in expected_shapes(cfg).items():
+    a = rng.normal(0.0, std, shape)
+    if k.endswith(("ln1.weight", "norm1.weight", "norm2.weight", "layer_norm1.weight", "layer_norm2.weight")):
+      a = 1.0 + a
+    out[k] = a.astype(np.float32)
+  return out
+
+
+# ---------------------------------------------------------------- resize (torch antialias bicubic)
+def aa_bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """(out, in) weights of torch `interpolate(mode="bicubic", antialias=True, align_corners=False)`.
+
+  ATen `_compute_indices_min_size_weights_aa`: support = 2*scale when downscaling, kernel a = -0.5,
+  taps [int(center - support + .5), int(center + support + .5)) clipped, weights normalised.
+  """
+  def filt(x):
+    x = abs(x)
+    a = -0.5
+    if x < 1:
+      return ((a + 2) * x - (a + 3)) * x * x + 1
+    if x < 2:
+      return (((x - 5) * x + 8) * x - 4) * a
+    return 0.0
+
+  scale = in_size / out_size
+  support = 2.0 * scale if scale >= 1 else 2.0
+  inv = 1.0 / scale if scale >= 1 else 1.0
+  w = np.zeros((out_size, in_size), np.float64)
+  for i in range(out_size):
+    center = scale * (i + 0.5)
+    lo = max(int(center - support + 0.5), 0)
+    hi = min(int(center + support + 0.5), in_size)
+    ws = np.array([filt((j + lo - center + 0.5) * inv) for j in range(hi - lo)])
+    w[i, lo:hi] = ws / ws.sum()
+  return w.astype(np.float32)
+
+
+def _dinov2_pos(cfg: ExtractorConfig, table: np.ndarray) -> np.ndarray:
+  """(1, 1+P, D) stored table -> (1, 1+grid^2, D) for this input size (identity when it matches)."""
+  g, s, d = cfg.grid, cfg.pos_grid, table.shape[-1]
+  if g == s:
+    return table
+  patch = table[0, 1:].reshape(s, s, d)
+  m = aa_bicubic_matrix(s, g).astype(np.float64)
+  patch = np.einsum("ih,jw,hwd->ijd", m, m, patch.astype(np.float64)).reshape(1, g * g, d)
+  return np.concatenate([table[:, :1], patch.astype(np.float32)], axis=1)
+
+
+# ---------------------------------------------------------------- forward
+def _to_input(kind: str, z: jax.Array) -> jax.Array:
+  """Task space -> the extractor's input space (official `retransform`, no resize)."""
+  mean = jnp.asarray(TASK_MEAN, jnp.float32)[:, None, None]
+  std = jnp.asarray(TASK_STD, jnp.float32)[:, None, None]
+  v = (z * std + mean + 1.0) * 127.5 / 255.0                      # pixels in [0, 1]
+  if kind == "dinov2_reg":
+    return (v - mean) / std
+  return (v - 0.5) / 0.5
+
+
+def features(net: PerceptualNet, images: jax.Array, dtype=jnp.float32) -> jax.Array:
+  """images (M,3,H,W) task space -> (M, tokens, 4*width) float32 (see module docstring)."""
+  cfg, p = net.cfg, net.params
+  x = _to_input(cfg.kind, images.astype(jnp.float32))
+  m, g, ps, d = x.shape[0], cfg.grid, cfg.patch_size, cfg.hidden_size
+  patches = x.reshape(m, 3, g, ps, g, ps).transpose(0, 2, 4, 3, 5, 1).reshape(m, g * g, ps * ps * 3)
+  if cfg.kind == "dinov2_reg":
+    w, b = p["embeddings.patch_embeddings.projection.weight"], p["embeddings.patch_embeddings.projection.bias"]
+    tok = dense(patches.astype(dtype), w.reshape(-1, d), b).astype(jnp.float32)
+    pos = p["embeddings.position_embeddings"]
+    cls = jnp.broadcast_to(p["embeddings.cls_token"] + pos[:, :1], (m, 1, d))
+    reg = jnp.broadcast_to(p["embeddings.register_tokens"], (m, cfg.num_registers, d))
+    h = jnp.concatenate([cls, reg, tok + pos[:, 1:]], axis=1)
+    drop = 1 + cfg.num_registers
+  else:
+    w, b = p["vision_model.embeddings.patch_embedding.weight"], p["vision_model.embeddings.patch_embedding.bias"]
+    tok = dense(patches.astype(dtype), w.reshape(-1, d), b).astype(jnp.float32)
+    h = tok + p["vision_model.embeddings.position_embedding.weight"][None]
+    drop = 0
+  hidden = [h]
+  for i in range(cfg.num_layers):
+    h = _layer(cfg, p, i, h, dtype)
+    hidden.append(h)
+  return jnp.concatenate([t[:, drop:] for t in hidden[-4:]], axis=-1)
+
+
+def _layer(cfg, p, i, x, dtype):
+  n = _layer_names(cfg, i)
+  m, length, d = x.shape
+  heads = cfg.num_heads
+  lin = lambda h, k: dense(h, p[n[k] + ".weight"], p[n[k] + ".bias"])  # noqa: E731
+  h = layer_norm(x, p[n["ln1"] + ".weight"], p[n["ln1"] + ".bias"], cfg.eps).astype(dtype)
+  q, k, v = (lin(h, t).reshape(m, length, heads, d // heads) for t in ("q", "k", "v"))
+  a = attend(q, k, v, jnp.ones((m, length, length), bool)).reshape(m, length, d)
+  a = lin(a, "o").astype(jnp.float32)
+  if cfg.kind == "dinov2_reg":
+    a = a * p[f"encoder.layer.{i}.layer_scale1.lambda1"]
+  x = x + a
+  h = layer_norm(x, p[n["ln2"] + ".weight"], p[n["ln2"] + ".bias"], cfg.eps).astype(dtype)
+  h = jax.nn.gelu(lin(h, "fc1"), approximate=cfg.kind == "siglip2")   # SigLIP: tanh GELU; DINOv2: exact
+  h = lin(h, "fc2").astype(jnp.float32)
+  if cfg.kind == "dinov2_reg":
+    h = h * p[f"encoder.layer.{i}.layer_scale2.lambda1"]
+  return x + h
+
+
+def feature_loss(net: PerceptualNet, pred: jax.Array, target: jax.Array, dtype=jnp.float32) -> jax.Array:
+  """pred/target (M,3,H,W) task space -> (M,) mean squared feature difference (official
+  `dinov2_reg_loss` / `siglip2_loss`). Target features carry no gradient."""
+  f_hat = features(net, pred, dtype)
+  f = jax.lax.stop_gradient(features(net, target, dtype))
+  return jnp.mean(jnp.square(f_hat - f), axis=(-1, -2))
+
+
+def load_from_config(vcfg) -> dict[str, PerceptualNet]:
+  """{term: net} for each perceptual term of `vcfg.loss_type` whose weights path is set; terms
+  without a path are left out (`losses.frame_losses` logs that they are skipped)."""
+  out = {}
+  for term, path, cfg in (("dinov2_reg", vcfg.dinov2_reg_weights, DINOV2_REG_BASE),
+                          ("siglip2", vcfg.siglip2_weights, SIGLIP2_BASE)):
+    if term in vcfg.loss_type and path:
+      out[term] = load(cfg, path)
+  return out
+

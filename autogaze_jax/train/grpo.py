@@ -1,0 +1,145 @@
+"""GRPO post-training with the frozen VideoMAE's negative reconstruction loss as reward (spec training.md 3).
+
+One jitted program per step, vectorised over batch x group (row = g * B + b, as official
+`GRPO.preprocess_inputs`):
+  1. reference rollout per video (sampling at the scheduled temperature, stop when the predicted loss
+     <= tau ~ U(min, max), cap budget) -> n_t real tokens per frame (the official `self` per-frame budget);
+  2. G sampled rollouts per video with budget max(1, n_t) and no stop (so every rollout has n_t tokens);
+  3. frozen VideoMAE on the G*B rows for R random frames (shared by the batch) -> rewards, task targets;
+  4. advantages: reward - group mean (no std), discounted by gamma^(real slots to the reward's end);
+  5. loss = -sum_j exp(logp - sg(logp)) * A  +  task-loss-head MSE at the last real slot of each
+     reconstructed frame; log-probs recomputed teacher-forced (never differentiated through the sampler).
+Rollouts use fixed per-frame capacities (pad slots are masked EOS), which leaves every real slot's
+numbers equal to the official variable-length layout.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from autogaze_jax.train.state import TrainState, norm_metrics
+from autogaze_jax.train.ntp import NORM_EPS
+
+
+def discounted_advantages(reward, traj_len, if_padded_gazing, group: int, gamma: float):
+  """Official `GRPO.get_discounted_advantages` summed over rewards.
+
+  reward (G*B, R); traj_len (R,) slot index bounds L_r; if_padded_gazing (G*B, N) -> advantages (G*B, N).
+  a_r = reward_r - mean over the group; slot j < L_r gets gamma^(d) * a_r with d = (real slots in
+  [j, L_r)) - 1; padded slots get 0.
+  """
+  gb, n = if_padded_gazing.shape
+  b = gb // group
+  r = reward.reshape(group, b, -1)
+  centered = (r - jnp.mean(r, axis=0, keepdims=True)).reshape(gb, -1)          # (GB, R)
+  real = (~if_padded_gazing).astype(jnp.float32)
+  csum = jnp.cumsum(real, axis=1)                                                 # real slots in [0, j]
+  before = csum - real                                                            # real slots in [0, j)
+  total = jnp.take_along_axis(csum, jnp.clip(traj_len[None, :] - 1, 0, n - 1).astype(jnp.int32), axis=1)  # (GB, R)
+  j = jnp.arange(n)
+  inside = j[None, None, :] < traj_len[None, :, None]                               # (1, R, N)
+  d = total[:, :, None] - before[:, None, :] - 1.0                                  # (GB, R, N)
+  adv = jnp.where(inside, jnp.power(gamma, d) * centered[:, :, None], 0.0) * real[:, None, :]
+  return jnp.sum(adv, axis=1)
+
+
+def grpo_losses(log_action_probs, task_loss_prediction, if_padded_gazing, advantages, task_losses, task_losses_mask,
+                optimize_task_loss_prediction: bool = True) -> dict:
+  """Per-row loss terms (official `GRPO.loss`): policy term and task-loss-head term."""
+  rows = log_action_probs.shape[0]
+  ratio = jnp.exp(log_action_probs - jax.lax.stop_gradient(log_action_probs))
+  grpo = -jnp.sum(ratio * advantages, axis=1)
+  if optimize_task_loss_prediction:
+    m = task_losses_mask.astype(jnp.float32) * (~if_padded_gazing).astype(jnp.float32)
+    tlp = jnp.sum(m * jnp.square(task_loss_prediction - task_losses), axis=1) / (jnp.sum(m) / rows + NORM_EPS)
+  else:
+    tlp = 0.0 * jnp.mean(task_loss_prediction, axis=1)
+  return {"grpo_loss": grpo, "task_loss_prediction_loss": tlp, "loss": grpo + tlp}
+
+
+def rollout_to_slots(tokens, length, eos: int, vocab_per_frame: int):
+  """Fixed-capacity rollout tokens (R, T, C) + lengths (R, T) -> gazing_pos / if_padded_gazing (R, T*C)."""
+  r, t, c = tokens.shape
+  pad = (jnp.arange(c)[None, None] >= length[..., None]) | (tokens == eos)
+  gp = tokens + vocab_per_frame * jnp.arange(t)[None, :, None]
+  return gp.reshape(r, t * c), pad.reshape(r, t * c)
+
+
+def policy_loss_fn(graphdef, params, video_rows, gazing_pos, if_padded_gazing, counts, task: dict, group: int,
+                   gamma: float, optimize_task_loss_prediction: bool = True):
+  """Teacher-forced log-probs of given rollouts -> (mean loss, aux). `task` holds reward, traj_len_each_reward
+  and the task-loss targets/mask of these rows (from `losses.reconstruction_task`)."""
+  out = nnx.merge(graphdef, params).teacher_forced(video_rows, gazing_pos, if_padded_gazing, counts)
+  adv = discounted_advantages(task["reward"], task["traj_len_each_reward"], if_padded_gazing, group, gamma)
+  terms = grpo_losses(out["log_action_probs"], out["task_loss_prediction"], if_padded_gazing, adv,
+                      task["reconstruction_loss_each_gazing_token"], task["reconstruction_loss_each_gazing_token_mask"],
+                      optimize_task_loss_prediction)
+  aux = {k: jnp.mean(v) for k, v in terms.items()}
+  aux.update(advantage_abs_mean=jnp.sum(jnp.abs(adv)) / jnp.maximum(jnp.sum(~if_padded_gazing), 1))
+  return aux["loss"], (aux, out, adv, terms)
+
+
+def temperature_at(step, total_steps: int, t0: float, t1: float):
+  """Official `get_scheduled_temperature`: T0 * (T1/T0)^(step / total_steps)."""
+  return t0 * (t1 / t0) ** (jnp.asarray(step, jnp.float32) / max(total_steps, 1))
+
+
+def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, schedule=None):
+  """`train_step(state, batch, rng, frozen_videomae_params) -> (state, metrics)` (batch: video (B,T,3,224,224))."""
+  from autogaze_jax.judge.losses import reconstruction_task
+  from autogaze_jax.gaze.rollout import RolloutSpec, rollout_frames
+  g = cfg.group_size
+  cap = cfg.max_tokens_per_frame
+
+  def train_step(state: TrainState, batch, rng, frozen):
+    model = nnx.merge(gaze_graphdef, state.params)
+    video = batch["video"]
+    b, t = video.shape[:2]
+    eos, vpf = model.cfg.eos_token_id, model.cfg.num_vision_tokens_each_frame
+    k_tau, k_ref, k_grp, k_frames = jax.random.split(rng, 4)
+    temp = temperature_at(state.step, cfg.total_steps, cfg.temperature_start, cfg.temperature_end)
+    vis, _ = model.embed_video(video)
+    vis = jax.lax.stop_gradient(vis)
+    # 1) reference rollout -> the per-frame budget of each video
+    tau = jax.random.uniform(k_tau, (b, 1), minval=cfg.requirement_min, maxval=cfg.requirement_max)
+    spec_ref = RolloutSpec(capacity=cap, tokens_per_step=cfg.tokens_per_step, max_frames=t, sample=True,
+                           top_k=cfg.top_k, use_threshold=True)
+    _, ref = rollout_frames(model, vis, jnp.full((b, t), cap, jnp.int32), jnp.broadcast_to(tau, (b, t)), temp,
+                            k_ref, spec_ref)
+    ref_slots = jnp.arange(ref["tokens"].shape[-1])[None, None] < ref["length"][..., None]
+    n_t = jnp.maximum(1, jnp.sum(ref_slots & (ref["tokens"] != eos), axis=-1)).astype(jnp.int32)   # (B, T)
+    # 2) G rollouts per video with exactly n_t tokens per frame (group-major rows)
+    spec_grp = RolloutSpec(capacity=cap, tokens_per_step=cfg.tokens_per_step, max_frames=t, sample=True,
+                           top_k=cfg.top_k, use_threshold=False)
+    vis_g = jnp.tile(vis, (g, 1, 1, 1))
+    _, grp = rollout_frames(model, vis_g, jnp.tile(n_t, (g, 1)), jnp.zeros((g * b, t), jnp.float32), temp,
+                            k_grp, spec_grp)
+    gp, pad = rollout_to_slots(grp["tokens"], grp["length"], eos, vpf)
+    counts = (grp["tokens"].shape[-1],) * t
+    # 3) frozen VideoMAE rewards on R random frames, shared by the batch
+    frames = jax.random.permutation(k_frames, t)[:cfg.frames_to_reconstruct]
+    video_rows = jnp.tile(video, (g, 1, 1, 1, 1))
+    task = reconstruction_task(mae_graphdef, frozen, video_rows,
+                               gp, pad, jnp.asarray(counts), frames, static_counts=counts)
+    task = jax.lax.stop_gradient({k: task[k] for k in ("reward", "traj_len_each_reward",
+                                                       "reconstruction_loss_each_gazing_token",
+                                                       "reconstruction_loss_each_gazing_token_mask",
+                                                       "reconstruction_loss", "avg_gazing_ratio_per_frame")})
+    # 4-5) policy gradient on teacher-forced log-probs
+    (_, (aux, _, _, _)), grads = jax.value_and_grad(policy_loss_fn, argnums=1, has_aux=True)(
+        gaze_graphdef, state.params, video_rows, gp, pad, counts, task, g, cfg.discount_factor,
+        cfg.optimize_task_loss_prediction)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    reward = task["reward"]
+    metrics = {**aux, **norm_metrics(grads, state.params, updates), "temperature": temp,
+               "reward_mean": jnp.mean(reward), "reward_std": jnp.std(reward),
+               "reconstruction_loss": task["reconstruction_loss"],
+               "gaze_ratio": task["avg_gazing_ratio_per_frame"], "tau_mean": jnp.mean(tau)}
+    if schedule is not None:
+      metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step

@@ -1,0 +1,127 @@
+"""Training the VideoMAE itself with random multi-scale gaze masks (spec training.md 7.4, ours).
+
+Until `launch.train` exists this module is the entry: build a `TrainState` with `init_state`, jit
+`make_train_step(cfg, graphdef, tx)` and call it as `(state, batch, rng) -> (state, metrics)`.
+`batch = {"video": (B,T,C,224,224) float32 task space}`. Per video and frame a gaze ratio is drawn
+(frame 0 ~ U(frame0_ratio), later frames ~ U(other_ratio)), then a uniform random subset of the V
+multi-scale ids of that size (at least 1). Slot counts per frame are static (the ratio upper bound
+times V), the unused slots are padding, so the step compiles once.
+Position tables (`position_embeddings`, `decoder_pos_embed`) are fixed sin-cos tables in the official
+model (requires_grad=False): the optimizer masks their updates.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from autogaze_jax.judge.losses import reconstruction_task
+from autogaze_jax.core.sharding import path_str
+
+FROZEN_PARAMS = r"(position_embeddings|decoder_pos_embed)(/value)?$"
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoMAETrainConfig:
+  lr: float = 1.5e-4
+  total_steps: int = 10000
+  warmup_frac: float = 0.05
+  weight_decay: float = 0.0
+  grad_clip: float = 1.0
+  frame0_ratio: tuple[float, float] = (0.05, 0.5)
+  other_ratio: tuple[float, float] = (0.0, 0.2)
+  recon_frames: int = 0          # frames reconstructed per step (random subset); 0 = all frames
+  tokens_per_frame: int = 265
+
+  def slots_per_frame(self, num_frames: int) -> tuple[int, ...]:
+    v = self.tokens_per_frame
+    k0 = max(1, math.ceil(self.frame0_ratio[1] * v))
+    k = max(1, math.ceil(self.other_ratio[1] * v))
+    return (k0,) + (k,) * (num_frames - 1)
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: object
+  opt_state: object
+  frozen: dict          # perceptual nets {term: PerceptualNet}; used, never updated
+
+
+def schedule(cfg: VideoMAETrainConfig):
+  """Linear warmup (warmup_frac of the steps) then cosine decay to 0."""
+  warm = max(1, int(cfg.warmup_frac * cfg.total_steps))
+  return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warm, max(cfg.total_steps, warm + 1))
+
+
+def make_optimizer(cfg: VideoMAETrainConfig) -> optax.GradientTransformation:
+  """Adam(W) with `schedule`, global-norm clipping, frozen sin-cos tables."""
+  sched = schedule(cfg)
+  tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                   optax.adamw(sched, weight_decay=cfg.weight_decay))
+
+  def labels(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda p, _: "frozen" if re.search(FROZEN_PARAMS, path_str(p)) else "train", params)
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def init_state(params, tx, frozen: dict | None = None) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), frozen=frozen or {})
+
+
+def random_gaze(cfg: VideoMAETrainConfig, rng, batch: int, num_frames: int):
+  """Random multi-scale gaze selections in the gaze model's output format.
+
+  Returns gazing_pos (B,N) int32 global ids, if_padded_gazing (B,N) bool, num_gazing_each_frame (T,)
+  int32 (static counts, padding at the end of each frame), N = sum(slots_per_frame).
+  """
+  v = cfg.tokens_per_frame
+  slots = cfg.slots_per_frame(num_frames)
+  k_ratio, k_perm = jax.random.split(rng)
+  lo = jnp.asarray([cfg.frame0_ratio[0]] + [cfg.other_ratio[0]] * (num_frames - 1))
+  hi = jnp.asarray([cfg.frame0_ratio[1]] + [cfg.other_ratio[1]] * (num_frames - 1))
+  ratio = jax.random.uniform(k_ratio, (batch, num_frames), minval=lo, maxval=hi)
+  n_real = jnp.clip(jnp.round(ratio * v).astype(jnp.int32), 1, jnp.asarray(slots))
+  perm = jnp.argsort(jax.random.uniform(k_perm, (batch, num_frames, v)), axis=-1).astype(jnp.int32)
+  pos, pad = [], []
+  for t, k in enumerate(slots):
+    pos.append(perm[:, t, :k] + t * v)
+    pad.append(jnp.arange(k)[None] >= n_real[:, t:t + 1])
+  return jnp.concatenate(pos, 1), jnp.concatenate(pad, 1), jnp.asarray(slots, jnp.int32)
+
+
+def make_train_step(cfg: VideoMAETrainConfig, graphdef, tx):
+  """Pure step `(state, batch, rng) -> (state, metrics)`; jit it (donate the state)."""
+
+  def train_step(state: TrainState, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+    k_gaze, k_frames = jax.random.split(rng)
+    video = batch["video"]
+    b, t = video.shape[:2]
+    gazing_pos, if_padded, counts = random_gaze(cfg, k_gaze, b, t)
+    if cfg.recon_frames:
+      frames = jax.random.permutation(k_frames, t)[:cfg.recon_frames]
+    else:
+      frames = jnp.arange(t)
+
+    def loss_fn(params):
+      out = reconstruction_task(graphdef, params, video, gazing_pos, if_padded, counts, frames, state.frozen,
+                                static_counts=cfg.slots_per_frame(t))
+      return jnp.mean(out["loss_mean"]), out
+
+    (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
+               "update_norm": optax.global_norm(updates), "lr": schedule(cfg)(state.step),
+               "gaze_ratio": out["avg_gazing_ratio_per_frame"].astype(jnp.float32)}
+    metrics.update({f"loss_{k}": jnp.mean(v) for k, v in out["loss_terms"].items()})
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, frozen=state.frozen), metrics
+
+  return train_step

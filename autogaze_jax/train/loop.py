@@ -1,0 +1,262 @@
+"""Algorithm-agnostic training loop: validate -> mesh -> data -> init/restore -> compile -> loop.
+
+One `run(config, workdir)` serves every algorithm in `autogaze_jax/algorithms/registry.py`:
+  * the whole train state is one pytree (`TrainState`), placed by the regex sharding rules (gaze model
+    replicated, VideoMAE FSDP), the batch sharded over the mesh's `data` axis;
+  * the step is AOT-compiled before step 1 (compile time and memory logged), donates the old state,
+    and derives its RNG from (seed, step), so a resumed run continues bit for bit;
+  * orbax `CheckpointManager`: the state and the grain iterator state are saved every `ckpt_every`
+    steps, at the end, and on SIGTERM (preemption); a restart in the same workdir resumes exactly
+    (restore targets carry the current mesh's shardings, so another device count works too);
+  * metrics to TensorBoard + metrics.jsonl and a console progress line with ETA; NaN/Inf in a loss or
+    norm stops the run naming the step and metric (the last good checkpoint stays).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from autogaze_jax.core import sharding as shd
+from autogaze_jax.train.state import TrainState, make_optimizer
+from autogaze_jax.evaluation.writers import MetricWriter, Progress, check_finite
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key and the value."""
+
+
+def validate(config) -> None:
+  """Fail before any compile on values that cannot work."""
+  from autogaze_jax.train import registry
+  if config.algorithm not in registry.ALGORITHMS:
+    raise ConfigError(f"config.algorithm = {config.algorithm!r}: choose from {sorted(registry.ALGORITHMS)}")
+  n_dev = _devices(config).__len__()
+  sizes = [config.mesh.data, config.mesh.fsdp]
+  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+    raise ConfigError(f"config.mesh = data {sizes[0]}, fsdp {sizes[1]}: sizes must be positive or -1 (at most one -1)")
+  fixed = int(np.prod([s for s in sizes if s != -1]))
+  if n_dev % fixed:
+    raise ConfigError(f"config.mesh sizes {sizes} do not divide the {n_dev} devices")
+  data = config.mesh.data if config.mesh.data != -1 else n_dev // fixed
+  gb = config.data.global_batch_size
+  if gb <= 0 or gb % data:  # the batch is split over the data axis (replicated over fsdp)
+    raise ConfigError(f"config.data.global_batch_size = {gb} is not divisible by the data axis size {data}")
+  if gb % jax.process_count():
+    raise ConfigError(f"config.data.global_batch_size = {gb} is not divisible by {jax.process_count()} processes")
+  if config.train.num_steps <= 0:
+    raise ConfigError(f"config.train.num_steps = {config.train.num_steps} must be positive")
+  if config.model.size not in ("default", "tiny"):
+    raise ConfigError(f"config.model.size = {config.model.size!r}: choose default or tiny")
+  if config.model.dtype not in ("float32", "bfloat16"):
+    raise ConfigError(f"config.model.dtype = {config.model.dtype!r}: choose float32 or bfloat16")
+  if config.train.picture_every < 0 or not 0 < config.train.picture_ratio <= 1:
+    raise ConfigError(f"config.train.picture_every = {config.train.picture_every} must be >= 0 and "
+                      f"config.train.picture_ratio = {config.train.picture_ratio} in (0, 1]")
+  if config.data.source not in ("synthetic", "folder", "arrayrecord"):
+    raise ConfigError(f"config.data.source = {config.data.source!r}: choose synthetic, folder or arrayrecord")
+  if config.data.source != "synthetic" and not config.data.path:
+    raise ConfigError(f"config.data.source = {config.data.source!r} needs config.data.path")
+  registry.ALGORITHMS[config.algorithm].validate(config)
+
+
+def _devices(config):
+  n = config.mesh.get("num_devices", 0)
+  if n and jax.process_count() > 1:
+    raise ConfigError("config.mesh.num_devices works only in single-process runs")
+  if n < 0 or n > jax.device_count():
+    raise ConfigError(f"config.mesh.num_devices = {n}: there are {jax.device_count()} devices")
+  return jax.devices()[:n] if n else jax.devices()
+
+
+def host_local(tree):
+  """Global arrays -> numpy on this host: replicated arrays from a local copy, sharded ones gathered
+  across processes (needed once arrays span devices of several processes)."""
+  from jax.experimental import multihost_utils
+
+  def get(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return np.asarray(jax.device_get(x))
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return jax.tree.map(get, tree)
+
+
+def _match_param_shardings(opt_state, default, params, p_shard):
+  """Give every optimizer leaf that mirrors a param (Adam moments, ...) that param's sharding.
+
+  optax states hold copies of the param tree, so a moment's tree path ends with its param's path
+  (e.g. ".../0/mu/vit/layer/3/query/kernel/value"); the longest param path that is such a suffix wins.
+  Leaves mirroring no param (counters, schedules) keep `default`.
+  """
+  by_path = {}
+  jax.tree_util.tree_map_with_path(lambda pth, x, sh: by_path.setdefault(shd.path_str(pth), (x.shape, sh)),
+                                   params, p_shard)
+
+  def pick(pth, x, d):
+    path = shd.path_str(pth)
+    for cut in range(len(path)):          # shortest prefix cut first = longest matching suffix
+      if cut == 0 or path[cut - 1] == "/":
+        hit = by_path.get(path[cut:])
+        if hit is not None and hit[0] == x.shape:
+          return hit[1]
+    return d
+  return jax.tree_util.tree_map_with_path(pick, opt_state, default)
+
+
+def _install_sigterm():
+  flag = {"stop": False}
+
+  def handler(signum, frame):
+    logging.warning("received signal %d: saving a checkpoint and stopping after this step", signum)
+    flag["stop"] = True
+  try:
+    signal.signal(signal.SIGTERM, handler)
+  except ValueError:  # not the main thread (e.g. inside some test runners)
+    pass
+  return flag
+
+
+def _manager(workdir: str, config):
+  import orbax.checkpoint as ocp
+  opts = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints, create=True,
+                                      enable_async_checkpointing=True)
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=opts,
+                               item_names=("state", "data"))
+
+
+def _save(mngr, step: int, state, it):
+  import grain
+  import orbax.checkpoint as ocp
+  jax.block_until_ready(state)
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          data=grain.checkpoint.CheckpointSave(it)), force=True)
+
+
+def _restore(mngr, step: int, abstract_state, it):
+  import grain
+  import orbax.checkpoint as ocp
+  out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                   data=grain.checkpoint.CheckpointRestore(it)))
+  return out["state"]
+
+
+def run(config, workdir: str, stop_after: int | None = None) -> dict:
+  """Train `config.algorithm` in `workdir` (resuming if it holds a checkpoint). Returns final metrics.
+
+  stop_after: leave after this many steps of *this* process (with a checkpoint), as a preemption would;
+  the schedule still follows config.train.num_steps, so a later run continues exactly.
+  """
+  from autogaze_jax.train import registry
+  validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  algo = registry.ALGORITHMS[config.algorithm]
+  is_main = jax.process_index() == 0
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+  # ---- mesh ----
+  mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, _devices(config))
+  logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count())
+
+  # ---- input ----
+  it, info = algo.make_data(config, workdir)
+  # ---- model + optimizer ----
+  graphdef, params, frozen = algo.init(config, workdir)
+  if isinstance(frozen, tuple):  # (graphdef, params) of a frozen model: the graphdef is static
+    info = dict(info, videomae_graphdef=frozen[0])
+    frozen = frozen[1]
+  tx, schedule = (algo.make_tx(config) if hasattr(algo, "make_tx")
+                  else make_optimizer(config.optimizer, config.train.num_steps))
+
+  # ---- shard: params by rules (born sharded through a jitted init of the optimizer state) ----
+  p_shard = shd.param_shardings(params, mesh)
+  params = jax.device_put(params, p_shard)
+  opt_state = jax.jit(tx.init)(params)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
+  # optimizer moments follow their param's sharding (same tree paths); counters are replicated
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  opt_shard = jax.tree.map(lambda x: rep, opt_state)
+  opt_shard = _match_param_shardings(opt_state, opt_shard, params, p_shard)
+  state_shard = TrainState(step=rep, params=p_shard, opt_state=opt_shard)
+  state = jax.device_put(state, state_shard)
+  frozen = None if frozen is None else jax.device_put(frozen, shd.param_shardings(frozen, mesh))
+
+  # ---- checkpoint: resume precedence = checkpoint in workdir > init ----
+  mngr = _manager(workdir, config)
+  start = 0
+  if mngr.latest_step() is not None:
+    start = int(mngr.latest_step())
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    state = _restore(mngr, start, abstract, it)
+    logging.info("resumed from %s at step %d", mngr.directory, start)
+
+  # ---- update step ----
+  step_fn = algo.make_step(config, graphdef, tx, schedule, info)
+  seed = config.train.seed
+
+  def update(state, batch, frozen):
+    rng = jax.random.fold_in(jax.random.key(seed), state.step)
+    return step_fn(state, batch, rng, frozen)
+
+  first = algo.device_batch(next(it), mesh)
+  jitted = jax.jit(update, donate_argnums=(0,), out_shardings=(state_shard, None))
+  t0 = time.perf_counter()
+  compiled = jitted.lower(state, first, frozen).compile()
+  logging.info("compiled the %s step in %.1fs", config.algorithm, time.perf_counter() - t0)
+  try:
+    mem = compiled.memory_analysis()
+    if mem is not None:
+      logging.info("step memory: temp %.1f MB, arguments %.1f MB", mem.temp_size_in_bytes / 2**20,
+                   mem.argument_size_in_bytes / 2**20)
+  except Exception:  # memory_analysis is best-effort on some backends
+    pass
+
+  writer = MetricWriter(os.path.join(workdir, "tb"), enabled=is_main)
+  progress = Progress(config.train.num_steps, config.train.log_every, config.data.global_batch_size,
+                      config.algorithm, start)
+  stop = _install_sigterm()
+  metrics, batch = {}, first
+  step = start
+  try:
+    while step < config.train.num_steps:
+      t_step = time.perf_counter()
+      state, m = compiled(state, batch, frozen)
+      m = host_local(jax.block_until_ready(m))
+      step += 1
+      check_finite(step, m, algo.finite_keys)
+      m["step_time_s"] = time.perf_counter() - t_step
+      metrics = m
+      if step % config.train.log_every == 0 or step == config.train.num_steps:
+        writer.write_scalars(step, m)
+        progress(step, {k: m[k] for k in algo.progress_keys if k in m}, force=True)
+      if stop_after is not None and step - start >= stop_after:
+        stop["stop"] = True
+      if step % config.train.ckpt_every == 0 or stop["stop"] or step == config.train.num_steps:
+        _save(mngr, step, state, it)
+      if algo.picture and config.train.picture_every and step % config.train.picture_every == 0:
+        local = host_local(state.params)   # every process takes part; only process 0 draws
+        if is_main:
+          writer.write_images(step, algo.picture(config, graphdef, local, workdir, step))
+      if stop["stop"]:
+        logging.warning("stopped by signal at step %d (checkpoint saved)", step)
+        break
+      if step < config.train.num_steps:
+        batch = algo.device_batch(next(it), mesh)
+  finally:
+    mngr.wait_until_finished()
+    writer.close()
+    if hasattr(it, "log_stats"):
+      it.log_stats()
+  params = host_local(state.params)  # every process takes part in gathering sharded params
+  if is_main and step >= config.train.num_steps:
+    algo.export(config, graphdef, params, workdir)
+  mngr.close()
+  return {"step": step, **{k: float(v) for k, v in metrics.items()}}

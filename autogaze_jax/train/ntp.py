@@ -1,0 +1,69 @@
+"""Next-token-prediction pre-training on greedy gaze labels (spec training.md 2).
+
+Losses (official `NTP`, checked on gaze_tiny/teacher_forced.npz):
+  m = ~if_padded_gazing;  Lbar = sum(m) / B + 1e-6   (batch-average real-token count, not per sample)
+  ntp[b] = -sum_j m[b,j] * log_action_probs[b,j] / Lbar          (log(p + 1e-8), EOS never trained)
+  tlp[b] = sum_j m'[b,j] (task_loss_prediction - task_losses)^2 / (sum(m') / B + 1e-6),  m' = mask * m
+  loss   = mean_b(ntp[b] + tlp[b])
+The normalisers use the global batch (the official code uses each device's micro-batch); with equal
+shards this is the same up to the per-device count variation, and it makes the sharded step equal
+the single-device step.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from autogaze_jax.train.state import TrainState, norm_metrics
+
+NORM_EPS = 1e-6
+
+
+def ntp_losses(log_action_probs, task_loss_prediction, if_padded_gazing, task_losses, task_losses_mask=None,
+               optimize_task_loss_prediction: bool = True) -> dict:
+  """Per-sample NTP loss terms (B,) as the official `NTP.loss` / `NTP.__call__`."""
+  b = log_action_probs.shape[0]
+  m = (~if_padded_gazing).astype(jnp.float32)
+  ntp = -jnp.sum(m * log_action_probs, axis=1) / (jnp.sum(m) / b + NORM_EPS)
+  if optimize_task_loss_prediction:
+    mm = m if task_losses_mask is None else m * task_losses_mask.astype(jnp.float32)
+    tlp = jnp.sum(mm * jnp.square(task_loss_prediction - task_losses), axis=1) / (jnp.sum(mm) / b + NORM_EPS)
+  else:
+    tlp = 0.0 * jnp.mean(task_loss_prediction, axis=1)
+  return {"ntp_loss": ntp, "task_loss_prediction_loss": tlp, "loss": ntp + tlp}
+
+
+def make_train_step(graphdef, tx, num_gazing_each_frame: tuple[int, ...], schedule=None,
+                    optimize_task_loss_prediction: bool = True):
+  """`train_step(state, batch, rng) -> (state, metrics)`.
+
+  batch: video (B, T, 3, 224, 224) float processor output, gazing_pos (B, N), if_padded_gazing (B, N),
+  task_losses (B, N) (fixed-capacity collation, N = sum(num_gazing_each_frame), static).
+  """
+  counts = tuple(int(n) for n in num_gazing_each_frame)
+
+  def loss_fn(params, batch):
+    out = nnx.merge(graphdef, params).teacher_forced(batch["video"], batch["gazing_pos"], batch["if_padded_gazing"],
+                                                      counts)
+    terms = ntp_losses(out["log_action_probs"], out["task_loss_prediction"], batch["if_padded_gazing"],
+                       batch["task_losses"], optimize_task_loss_prediction=optimize_task_loss_prediction)
+    real = ~batch["if_padded_gazing"]
+    aux = {k: jnp.mean(v) for k, v in terms.items()}
+    # top-1 accuracy of the label token under its head (multi-token read-out), real slots only
+    aux["token_prob"] = jnp.sum(jnp.exp(out["log_action_probs"]) * real) / jnp.maximum(jnp.sum(real), 1)
+    return aux["loss"], aux
+
+  def train_step(state: TrainState, batch, rng):
+    del rng  # NTP is deterministic given the batch
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {**aux, **norm_metrics(grads, state.params, updates),
+               "real_tokens": jnp.sum(~batch["if_padded_gazing"]).astype(jnp.float32)}
+    if schedule is not None:
+      metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
