@@ -16,7 +16,7 @@ from autogaze_jax.train.grpo import discounted_advantages, grpo_losses, policy_l
 from autogaze_jax.interop.gaze import params_to_official
 from autogaze_jax.interop.videomae import load_checkpoint
 from autogaze_jax.judge.losses import reconstruction_task
-from conftest import FIXTURES
+from tests.conftest import FIXTURES
 
 G, GAMMA = 4, 0.995
 

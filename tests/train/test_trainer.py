@@ -121,7 +121,7 @@ def test_export_cli_from_checkpoint_equals_final_export(uninterrupted, tmp_path)
 
 def test_ntp_losses_match_official_fixture():
   from autogaze_jax.train.ntp import ntp_losses
-  from conftest import FIXTURES
+  from tests.conftest import FIXTURES
   tiny = os.path.join(FIXTURES, "gaze_tiny")
   ref = np.load(os.path.join(tiny, "teacher_forced.npz"))
   pv = np.load(os.path.join(tiny, "input_clip.npz"))["pixel_values"]

@@ -6,7 +6,7 @@ import pytest
 
 from data_pipelines import ops, sources
 from data_pipelines.synthetic import random_labels
-from tests.data_video_factory import frame_value, make_bad_zoo, ramp_frames, write_video
+from tests.data_pipelines.data_video_factory import frame_value, make_bad_zoo, ramp_frames, write_video
 
 TOL = 4  # x264 at crf 10 on flat colors: decoded values within a few levels
 

@@ -10,7 +10,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from autogaze_jax import AutoGaze
 from autogaze_jax.kernels import cpu
 from autogaze_jax.core.layers import cached_attention
-from conftest import FIXTURES
+from tests.conftest import FIXTURES
 
 pytestmark = pytest.mark.skipif(not cpu.supports(jnp.zeros((1, 1, 1, 32)), jnp.zeros((1, 1, 1, 32, 32))),
                                 reason="the CPU kernel cannot be built here (see the logged warning)")

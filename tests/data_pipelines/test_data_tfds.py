@@ -12,7 +12,7 @@ import pytest
 
 from data_pipelines import ops, pipeline, sources
 from data_pipelines.synthetic import random_labels
-from tests.data_video_factory import ramp_frames, write_video
+from tests.data_pipelines.data_video_factory import ramp_frames, write_video
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_tfds_data_source_without_tensorflow(built):
 
 def test_cli_help():
   res = subprocess.run([sys.executable, "-m", "launch.build_dataset", "--help"], capture_output=True, text=True,
-                       timeout=60, cwd=os.path.dirname(os.path.dirname(__file__)))
+                       timeout=60, cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
   assert res.returncode == 0 and "--src" in res.stdout and "--beam_runner" in res.stdout
 
 

@@ -187,12 +187,12 @@ def test_resume_in_a_new_process():
   state = a.get_state()
   want = [_ids(b) for b in _take(a, 3)]
   code = ("import sys, json\n"
-          "from tests.test_data_pipeline import FakeSource, _ids\n"
+          "from tests.data_pipelines.test_data_pipeline import FakeSource, _ids\n"
           "from data_pipelines import pipeline\n"
           f"it = pipeline.make_iterator(FakeSource(10), **{kw!r})\n"
           "it.set_state(sys.stdin.buffer.read())\n"
           "print(json.dumps([_ids(next(it)) for _ in range(3)]))\n")
   res = subprocess.run([sys.executable, "-c", code], input=state, capture_output=True, timeout=120,
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
   assert res.returncode == 0, res.stderr.decode()[-2000:]
   assert json.loads(res.stdout.decode().strip().splitlines()[-1]) == want

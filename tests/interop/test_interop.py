@@ -10,7 +10,7 @@ from safetensors.numpy import save_file
 
 from autogaze_jax import AutoGaze
 from autogaze_jax.interop.gaze import CheckpointError
-from conftest import FIXTURES
+from tests.conftest import FIXTURES
 
 TINY = os.path.join(FIXTURES, "gaze_tiny")
 

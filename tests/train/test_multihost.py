@@ -12,7 +12,7 @@ import pytest
 from autogaze_jax import AutoGaze
 
 pytestmark = pytest.mark.multiprocess
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARGS = ["--config=configs/ntp.py:smoke,steps=4,batch=2", "--config.data.synthetic_num_clips=6",
         "--config.data.max_tokens_per_frame=4", "--config.train.ckpt_every=2", "--config.train.log_every=1"]
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import FIXTURES
+from tests.conftest import FIXTURES
 from autogaze_jax.judge import perceptual as pc
 from autogaze_jax.interop.gaze import CheckpointError, read_safetensors
 from autogaze_jax.interop.videomae import load_checkpoint, official_to_params, save_checkpoint

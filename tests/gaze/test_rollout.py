@@ -9,8 +9,8 @@ from autogaze_jax import AutoGaze
 from autogaze_jax.api import _take_sample
 from autogaze_jax.gaze.preprocess import Processor
 from autogaze_jax.gaze.tiling import recover_res_adapt, res_adapt_tiles
-from conftest import FIXTURES
-from rollout_reference import reference_generate
+from tests.conftest import FIXTURES
+from tests.gaze.rollout_reference import reference_generate
 
 TINY = os.path.join(FIXTURES, "gaze_tiny")
 EXTRA = os.path.join(FIXTURES, "gaze_tiny_extra")

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import FIXTURES
+from tests.conftest import FIXTURES
 from launch import gaze as cli
 
 TINY = os.path.join(FIXTURES, "gaze_tiny")

@@ -11,7 +11,7 @@ from autogaze_jax import AutoGaze, GazeConfig
 from autogaze_jax.gaze.functional import init_params
 from autogaze_jax.core.layers import llama3_inv_freq
 from autogaze_jax.gaze.preprocess import Processor
-from conftest import FIXTURES
+from tests.conftest import FIXTURES
 
 TINY = os.path.join(FIXTURES, "gaze_tiny")
 TOL = dict(rtol=1e-4, atol=1e-4)  # fixture README: >= 20x the largest float32 noise measured
