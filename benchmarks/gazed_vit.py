@@ -36,6 +36,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from autogaze_jax.vit import model as gv  # noqa: E402
+
+from autogaze_jax.vit import pipeline as vp  # noqa: E402
 from autogaze_jax.gaze.tiling import tile_video  # noqa: E402
 from benchmarks.common import emit, env, matmul_peak_gflops  # noqa: E402
 
@@ -134,7 +136,7 @@ def main(argv=None):
   ap.add_argument("--skip_video", action="store_true")
   args = ap.parse_args(argv)
   ratios = tuple(float(r) for r in args.ratios.split(","))
-  vit = gv.GazedViT.named(args.config)
+  vit = vp.GazedViT.named(args.config)
   if vit.cfg.scales[-1] != 224:
     raise SystemExit("the tiled cases assume 224 px tiles (16x224x224, as AutoGaze); use tiny or base")
   peak = matmul_peak_gflops()

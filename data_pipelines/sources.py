@@ -27,6 +27,21 @@ from data_pipelines import ops
 
 VIDEO_EXTS = (".mp4", ".webm", ".mov", ".mkv")
 SPLITS = ("train", "val")
+# The ArrayRecord dataset `launch.build_dataset` writes (tfds name/version) and its per-split path index:
+# defined on the reading side so the builder depends on the reader, never the other way round.
+DATASET_NAME, DATASET_VERSION = "autogaze_videos", "1.0.0"
+
+
+def path_index_file(data_dir: str, split: str, version: str = DATASET_VERSION) -> str:
+  return os.path.join(data_dir, DATASET_NAME, version, f"video_paths-{split}.json")
+
+
+def read_path_index(data_dir: str, split: str) -> list[str] | None:
+  f = path_index_file(data_dir, split)
+  if not os.path.isfile(f):
+    return None
+  with open(f) as fh:
+    return json.load(fh)
 
 
 class BadVideo(Exception):
@@ -231,7 +246,6 @@ class ArrayRecordSource(_Counting):
   def __init__(self, data_dir: str, split: str = "train", *, name: str | None = None, labels=None,
                require_labels: bool | None = None, clip_len: int = ops.CLIP_LEN):
     import tensorflow_datasets as tfds
-    from data_pipelines.tfds_builder import DATASET_NAME
     self.data_dir, self.split, self.clip_len = data_dir, split, clip_len
     self._ds = tfds.data_source(name or DATASET_NAME, data_dir=data_dir, split=split)
     self._index = np.arange(len(self._ds))
@@ -253,7 +267,6 @@ class ArrayRecordSource(_Counting):
 
   def paths(self) -> list[str]:
     """`video_path` of every record in storage order (from the build's index file, else a scan)."""
-    from data_pipelines.tfds_builder import read_path_index
     return read_path_index(self.data_dir, self.split) or [self._read(i)["video_path"] for i in range(len(self._ds))]
 
   def __len__(self) -> int:

@@ -128,19 +128,20 @@ def main(argv=None):
 
 
 def run_vit(args, model, frames, res):
-  """--vit: the gazed ViT on this gaze (autogaze_jax.vit.model.gaze_then_vit), timed vs full-token."""
+  """--vit: the gazed ViT on this gaze (autogaze_jax.vit.pipeline.gaze_then_vit), timed vs full-token."""
   from autogaze_jax.vit import model as gv
+  from autogaze_jax.vit import pipeline as vp
   if args.vit in gv.NAMED:
     logging.warning(f"WARNING: --vit={args.vit}: RANDOMLY INITIALISED SigLIP-style ViT (timings only)")
-    vit = gv.GazedViT.named(args.vit, seed=args.seed)
+    vit = vp.GazedViT.named(args.vit, seed=args.seed)
   else:
     try:
-      vit = gv.GazedViT.from_pretrained(args.vit)
+      vit = vp.GazedViT.from_pretrained(args.vit)
     except (ValueError, OSError) as e:
       raise SystemExit(f"error: --vit={args.vit}: {e}")
   thr = None if np.isnan(args.task_loss_requirement) else args.task_loss_requirement
   try:
-    rep = gv.gaze_then_vit(model, vit, frames, args.gazing_ratio, thr, batch_tiles=args.batch_tiles, gaze_result=res)
+    rep = vp.gaze_then_vit(model, vit, frames, args.gazing_ratio, thr, batch_tiles=args.batch_tiles, gaze_result=res)
   except ValueError as e:
     raise SystemExit(f"error: --vit: {e}")
   tm = rep["timings"]

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from autogaze_jax.gaze.config import GazeConfig, default_official_config
+from autogaze_jax.gaze.config import GazeConfig
 from autogaze_jax.gaze.functional import abstract_params
 from autogaze_jax.gaze.preprocess import PREPROCESSOR_NAME, default_preprocessor_config
 

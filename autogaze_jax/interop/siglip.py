@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from autogaze_jax.vit.model import GazedViTConfig, abstract_params
 from autogaze_jax.interop.gaze import CheckpointError, read_json_config, read_safetensors
 
 MARK = "vision_model."
@@ -169,7 +170,6 @@ def params_to_hf(cfg, params, prefix: str = MARK) -> dict[str, np.ndarray]:
 
 def read_config(path: str, **overrides):
   """GazedViTConfig from an HF config.json file or a directory holding one."""
-  from autogaze_jax.vit.model import GazedViTConfig
   if os.path.isdir(path):
     path = os.path.join(path, CONFIG_NAME)
   return read_json_config(path, lambda d: GazedViTConfig.from_hf_dict(d, **overrides), "SigLIP config")
@@ -178,7 +178,6 @@ def read_config(path: str, **overrides):
 def load(path: str, cfg=None):
   """A weights file (.safetensors / .npz) or a directory (config.json + model.safetensors) ->
   (cfg, graphdef, params State, ignored tensor names). `cfg` overrides the directory's config.json."""
-  from autogaze_jax.vit.model import GazedViTConfig, abstract_params
   weights = path
   if os.path.isdir(path):
     weights = os.path.join(path, WEIGHTS_NAME)

@@ -1,6 +1,6 @@
 """Algorithm-agnostic training loop: validate -> mesh -> data -> init/restore -> compile -> loop.
 
-One `run(config, workdir)` serves every algorithm in `autogaze_jax/algorithms/registry.py`:
+One `run(config, workdir)` serves every algorithm in `autogaze_jax/train/registry.py`:
   * the whole train state is one pytree (`TrainState`), placed by the regex sharding rules (gaze model
     replicated, VideoMAE FSDP), the batch sharded over the mesh's `data` axis;
   * the step is AOT-compiled before step 1 (compile time and memory logged), donates the old state,
@@ -23,17 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from autogaze_jax.core import sharding as shd
-from autogaze_jax.train.state import TrainState, make_optimizer
+from autogaze_jax.train import registry
+from autogaze_jax.train.state import ConfigError, TrainState, make_optimizer
 from autogaze_jax.evaluation.writers import MetricWriter, Progress, check_finite
-
-
-class ConfigError(ValueError):
-  """A config value that cannot work; the message names the key and the value."""
 
 
 def validate(config) -> None:
   """Fail before any compile on values that cannot work."""
-  from autogaze_jax.train import registry
   if config.algorithm not in registry.ALGORITHMS:
     raise ConfigError(f"config.algorithm = {config.algorithm!r}: choose from {sorted(registry.ALGORITHMS)}")
   n_dev = _devices(config).__len__()
@@ -153,7 +149,6 @@ def run(config, workdir: str, stop_after: int | None = None) -> dict:
   stop_after: leave after this many steps of *this* process (with a checkpoint), as a preemption would;
   the schedule still follows config.train.num_steps, so a later run continues exactly.
   """
-  from autogaze_jax.train import registry
   validate(config)
   os.makedirs(workdir, exist_ok=True)
   algo = registry.ALGORITHMS[config.algorithm]

@@ -14,7 +14,15 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from autogaze_jax.api import AutoGaze
+from autogaze_jax.core.patches import ScaleLayout
+from autogaze_jax.evaluation import viz
 from autogaze_jax.gaze.config import GazeConfig, tiny_config
+from autogaze_jax.interop.videomae import load_checkpoint, save_checkpoint
+from autogaze_jax.judge.config import VideoMAEConfig, tiny_videomae_config
+from autogaze_jax.judge.model import init_params
+from autogaze_jax.train import grpo, judge as judge_train, ntp
+from autogaze_jax.train.state import ConfigError, TrainState
 
 
 def gaze_config(config) -> GazeConfig:
@@ -24,7 +32,6 @@ def gaze_config(config) -> GazeConfig:
 
 def init_gaze(config, seed: int):
   """(graphdef, params) from `config.model.init` (official-format checkpoint) or a fresh init."""
-  from autogaze_jax import AutoGaze
   if config.model.init:
     m = AutoGaze.from_pretrained(config.model.init, dtype=config.model.dtype)
     logging.info("gaze model initialised from %s", config.model.init)
@@ -35,7 +42,6 @@ def init_gaze(config, seed: int):
 
 def export_gaze(graphdef, params, workdir: str, name: str = "export"):
   from flax import nnx
-  from autogaze_jax import AutoGaze
   model = nnx.merge(graphdef, params)
   AutoGaze(model.cfg, nnx.split(model, nnx.Param)[1]).save_pretrained(os.path.join(workdir, name))
   logging.info("exported the gaze model (official format) to %s", os.path.join(workdir, name))
@@ -46,9 +52,6 @@ def gaze_picture(config, graphdef, params, workdir: str, step: int) -> dict:
   `config.train.picture_ratio`: per-scale rows written to WORKDIR/pictures/step_NNNNNN.png and
   returned for TensorBoard as {"val_gaze": (H, W, 3) uint8}."""
   from flax import nnx
-  from autogaze_jax import AutoGaze
-  from autogaze_jax.evaluation import viz
-  from autogaze_jax.core.patches import ScaleLayout
   frames = np.asarray(data_source(config, "val")[0]["frames"])
   model = nnx.merge(graphdef, params)
   gaze = AutoGaze(model.cfg, nnx.split(model, nnx.Param)[1])
@@ -84,7 +87,6 @@ class NTP:
 
   @staticmethod
   def validate(config):
-    from autogaze_jax.train.loop import ConfigError
     if not 1 <= config.data.max_tokens_per_frame <= 265:
       raise ConfigError(f"config.data.max_tokens_per_frame = {config.data.max_tokens_per_frame} must be in 1..265")
     if config.data.source != "synthetic" and not config.data.labels:
@@ -126,9 +128,8 @@ class NTP:
 
   @staticmethod
   def make_step(config, graphdef, tx, schedule, info):
-    from autogaze_jax.train.ntp import make_train_step
     from data_pipelines.pipeline import normalize_on_device
-    inner = make_train_step(graphdef, tx, info["num_gazing_each_frame"], schedule,
+    inner = ntp.make_train_step(graphdef, tx, info["num_gazing_each_frame"], schedule,
                             config.ntp.optimize_task_loss_prediction)
 
     def step(state, batch, rng, frozen):
@@ -149,8 +150,6 @@ class NTP:
 def load_videomae(config):
   """Frozen judge: (graphdef, params) from config.videomae.checkpoint (official task-model format), else
   the size named by config.videomae.size at random init (with a warning: rewards are then meaningless)."""
-  from autogaze_jax.interop.videomae import load_checkpoint
-  from autogaze_jax.judge.model import init_params
   if config.videomae.checkpoint:
     _, graphdef, params, _ = load_checkpoint(config.videomae.checkpoint)
     return graphdef, params
@@ -160,7 +159,6 @@ def load_videomae(config):
 
 
 def videomae_size(size: str):
-  from autogaze_jax.judge.config import VideoMAEConfig, tiny_videomae_config
   if size == "tiny":
     return tiny_videomae_config()
   if size == "small":  # the embedded default's judge: trains in minutes on a CPU
@@ -179,7 +177,6 @@ class GRPO:
 
   @staticmethod
   def validate(config):
-    from autogaze_jax.train.loop import ConfigError
     g = config.grpo
     if g.group_size < 2:
       raise ConfigError(f"config.grpo.group_size = {g.group_size}: GRPO needs at least 2 rollouts per video")
@@ -209,12 +206,11 @@ class GRPO:
   @staticmethod
   def make_step(config, graphdef, tx, schedule, info):
     import ml_collections
-    from autogaze_jax.train.grpo import make_train_step
     from data_pipelines.pipeline import normalize_on_device
     g = ml_collections.ConfigDict(config.grpo.to_dict())
     g.total_steps = config.train.num_steps
     mae_graphdef = info["videomae_graphdef"]
-    inner = make_train_step(graphdef, mae_graphdef, tx, cfg=g, schedule=schedule)
+    inner = grpo.make_train_step(graphdef, mae_graphdef, tx, cfg=g, schedule=schedule)
 
     def step(state, batch, rng, frozen):
       return inner(state, {"video": normalize_on_device(batch["frames"])}, rng, frozen)
@@ -241,9 +237,8 @@ class VideoMAETraining:
 
   @staticmethod
   def train_config(config):
-    from autogaze_jax.train.judge import VideoMAETrainConfig
     v = config.videomae
-    return VideoMAETrainConfig(lr=config.optimizer.lr, total_steps=config.train.num_steps,
+    return judge_train.VideoMAETrainConfig(lr=config.optimizer.lr, total_steps=config.train.num_steps,
                                warmup_frac=config.optimizer.warmup_frac, grad_clip=config.optimizer.grad_clip or 1.0,
                                frame0_ratio=tuple(v.frame0_ratio), other_ratio=tuple(v.other_ratio),
                                recon_frames=v.recon_frames)
@@ -253,26 +248,22 @@ class VideoMAETraining:
 
   @staticmethod
   def init(config, workdir):
-    from autogaze_jax.judge.model import init_params
     graphdef, params = (load_videomae(config) if config.videomae.checkpoint
                         else init_params(videomae_size(config.videomae.size), config.train.seed))
     return graphdef, params, None
 
   @classmethod
   def make_tx(cls, config):
-    from autogaze_jax.train.judge import make_optimizer, schedule
     tc = cls.train_config(config)
-    return make_optimizer(tc), schedule(tc)
+    return judge_train.make_optimizer(tc), judge_train.schedule(tc)
 
   @classmethod
   def make_step(cls, config, graphdef, tx, schedule, info):
-    from autogaze_jax.train.state import TrainState
-    from autogaze_jax.train.judge import TrainState as MAEState, make_train_step
     from data_pipelines.pipeline import normalize_on_device
-    inner = make_train_step(cls.train_config(config), graphdef, tx)
+    inner = judge_train.make_train_step(cls.train_config(config), graphdef, tx)
 
     def step(state, batch, rng, frozen):
-      s = MAEState(step=state.step, params=state.params, opt_state=state.opt_state, frozen={})
+      s = judge_train.TrainState(step=state.step, params=state.params, opt_state=state.opt_state, frozen={})
       s, m = inner(s, {"video": normalize_on_device(batch["frames"])}, rng)
       return TrainState(step=s.step, params=s.params, opt_state=s.opt_state), m
     return step
@@ -280,7 +271,6 @@ class VideoMAETraining:
   @staticmethod
   def export(config, graphdef, params, workdir):
     from flax import nnx
-    from autogaze_jax.interop.videomae import save_checkpoint
     cfg = nnx.merge(graphdef, params).cfg
     save_checkpoint(os.path.join(workdir, "export"), cfg, jax.tree.map(np.asarray, params.to_pure_dict())
                     if hasattr(params, "to_pure_dict") else params)

@@ -16,6 +16,10 @@ OPTIMIZERS = ("adam", "sgd", "adamw")
 SCHEDULES = ("linear", "linear_w_warmup", "constant", "cosine")
 
 
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key and the value."""
+
+
 @struct.dataclass
 class TrainState:
   step: jax.Array

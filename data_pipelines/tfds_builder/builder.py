@@ -30,8 +30,8 @@ import tensorflow_datasets as tfds
 from data_pipelines import labels as labels_lib
 from data_pipelines import ops
 from data_pipelines import sources
+from data_pipelines.sources import DATASET_NAME, DATASET_VERSION, path_index_file, read_path_index
 
-DATASET_NAME = "autogaze_videos"
 
 
 def _features(clip_len: int, size: int):
@@ -83,7 +83,7 @@ class _Progress:
 class AutogazeVideos(tfds.core.GeneratorBasedBuilder):
   """Video clips (+ gaze labels) from `<src_dir>/{train,val}/` packed into ArrayRecord shards."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version(DATASET_VERSION)
   RELEASE_NOTES = {"1.0.0": "First 16 frames, 224x224 uint8, official gaze labels (flat)."}
 
   def __init__(self, *, src_dir: str | None = None, labels: Mapping | None = None,
@@ -147,18 +147,6 @@ class AutogazeVideos(tfds.core.GeneratorBasedBuilder):
       prog.step()
       if rec is not None:
         yield f"{i:010d}", rec  # zero-padded: key order = folder order
-
-
-def path_index_file(data_dir: str, split: str, version: str = str(AutogazeVideos.VERSION)) -> str:
-  return os.path.join(data_dir, DATASET_NAME, version, f"video_paths-{split}.json")
-
-
-def read_path_index(data_dir: str, split: str) -> list[str] | None:
-  f = path_index_file(data_dir, split)
-  if not os.path.isfile(f):
-    return None
-  with open(f) as fh:
-    return json.load(fh)
 
 
 def build(src_dir: str, out_dir: str, *, labels=None, splits: Sequence[str] = sources.SPLITS,

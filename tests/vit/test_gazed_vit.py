@@ -18,6 +18,7 @@ import pytest
 from autogaze_jax.interop import siglip as io
 from autogaze_jax.interop.gaze import CheckpointError
 from autogaze_jax.vit import model as gv
+from autogaze_jax.vit import pipeline as vp
 from tests.conftest import FIXTURES
 
 TINY = gv.GazedViTConfig.named("tiny")
@@ -133,7 +134,7 @@ def np_official_siglip(cfg, sd, frames, gazing_pos, if_padded, num_gazing_each_f
 # ---------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def tiny():
-  return gv.GazedViT(TINY, seed=0)
+  return vp.GazedViT(TINY, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +212,7 @@ def test_dropping_one_patch(tiny, frames3, finest3):
 
 
 def test_frame_independent_encoding_isolates_frames(frames3, finest3):
-  vit = gv.GazedViT(TINY.replace(frame_independent_encoding=True), seed=0)
+  vit = vp.GazedViT(TINY.replace(frame_independent_encoding=True), seed=0)
   ids, pad = finest3
   full = np.asarray(vit(frames3, ids, pad, frame_slots=196)["last_hidden_state"][0])
   pad2 = pad.copy()
@@ -233,7 +234,7 @@ def test_matches_numpy_official_on_fixture_gaze(tiny):
   n = int(counts.sum())
   pos, pad = g["gazing_pos"][:, :n], g["if_padded_gazing"][:, :n]
   assert counts.tolist() == [198, 20, 80] and pad.sum() > 10  # ragged with pads (stored as (t+1)*265)
-  frames = np.stack([gv.siglip_normalize(clip), gv.siglip_normalize(clip[:, ::-1])])
+  frames = np.stack([vp.siglip_normalize(clip), vp.siglip_normalize(clip[:, ::-1])])
   out = tiny(frames, pos, pad, counts)
   want_h, want_pool = np_official_siglip(TINY, io.params_to_hf(TINY, tiny.params), frames, pos, pad, counts)
   got = np.asarray(out["last_hidden_state"])
@@ -265,12 +266,12 @@ def test_weight_round_trip_and_errors(tmp_path, tiny, frames3, finest3):
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(tiny.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   ids, pad = finest3
-  loaded = gv.GazedViT.from_pretrained(path, TINY)
+  loaded = vp.GazedViT.from_pretrained(path, TINY)
   np.testing.assert_array_equal(loaded(frames3, ids, pad, frame_slots=196)["last_hidden_state"],
                                 tiny(frames3, ids, pad, frame_slots=196)["last_hidden_state"])
   # directory form (config.json + model.safetensors) and npz
   tiny.save_pretrained(str(tmp_path / "dir"))
-  again = gv.GazedViT.from_pretrained(str(tmp_path / "dir"))
+  again = vp.GazedViT.from_pretrained(str(tmp_path / "dir"))
   assert again.cfg == TINY
   tiny.save_pretrained(str(tmp_path / "w.npz"))
   assert io.load(str(tmp_path / "w.npz"), TINY)[2] is not None
@@ -336,12 +337,12 @@ def test_gaze_then_vit_and_cli(tmp_path, tiny, capsys):
   frames = np.load(os.path.join(FIXTURES, "gaze_tiny", "input_clip.npz"))["frames_uint8"][:3, :200]  # 3 x 200 x 224
   model = AutoGaze.from_pretrained(os.path.join(FIXTURES, "gaze_tiny"))
   res = model.gaze(frames, 0.1, None)
-  rep = gv.gaze_then_vit(model, tiny, frames, 0.1, None, gaze_result=res)
+  rep = vp.gaze_then_vit(model, tiny, frames, 0.1, None, gaze_result=res)
   assert rep["capacity"] == 26 and rep["tiles"] == 1
   assert rep["kept_tokens"] == 3 * 26 == int(res["tiles"][0]["num_real_gazing_each_frame"].sum())
   assert rep["vit_tokens"] == 16 * 26 and rep["full_tokens"] == 16 * 196
   tile = res["tiles"][0]
-  pv = gv.siglip_normalize(np.pad(frames, ((0, 0), (0, 24), (0, 0), (0, 0))))[None]  # tiles pad bottom with 0 px
+  pv = vp.siglip_normalize(np.pad(frames, ((0, 0), (0, 24), (0, 0), (0, 0))))[None]  # tiles pad bottom with 0 px
   pv[:, :, :, 200:] = 0.0  # tiling pads in normalised space (zeros), not black pixels
   direct = tiny(pv, tile["gazing_pos"], tile["if_padded_gazing"], tile["num_gazing_each_frame"])
   want = np.asarray(direct["last_hidden_state"][0])[~tile["if_padded_gazing"][0]]
@@ -349,7 +350,7 @@ def test_gaze_then_vit_and_cli(tmp_path, tiny, capsys):
   tm = rep["timings"]
   assert tm["vit_s"] > 0 and tm["full_vit_s"] > 0 and tm["speedup"] == pytest.approx(tm["full_vit_s"] / tm["vit_s"])
   with pytest.raises(ValueError, match="id space"):
-    gv.gaze_then_vit(model, gv.GazedViT(TINY.replace(scales=(224,))), frames, 0.1, None, gaze_result=res)
+    vp.gaze_then_vit(model, vp.GazedViT(TINY.replace(scales=(224,))), frames, 0.1, None, gaze_result=res)
 
   np.savez(tmp_path / "v.npz", frames=frames)
   cli.main(["--checkpoint", os.path.join(FIXTURES, "gaze_tiny"), "--video", str(tmp_path / "v.npz"),
