@@ -14,7 +14,7 @@ evaluation is one VideoMAE forward (encoder over N gaze slots, decoder over N + 
    per variant exactly as the search runs them) -> `extrapolated_clips_per_hour`. The default (ViT-MAE-L)
    model is timed on 2 evaluations only (CPU) and has no perceptual terms here (no weights offline).
 3. `h100_estimate_s_per_clip`: XLA's FLOP count of one default forward (+ ~80 GFLOP for DINOv2-B and
-   SigLIP2-B, spec 6.3, when stated) over an assumed 40% of the H100's 989 dense bf16 TFLOP/s. An
+   SigLIP2-B, when stated) over an assumed 40% of the H100's 989 dense bf16 TFLOP/s. An
    estimate, not a measurement.
 """
 from __future__ import annotations

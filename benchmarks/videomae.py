@@ -104,8 +104,8 @@ def main():
   ap.add_argument("--runs", type=int, default=3)
   ap.add_argument("--only", default="", help="run only default-config cases whose name contains this")
   ap.add_argument("--skip-tiny", action="store_true")
-  ap.add_argument("--attn_impl", default=None, help="override the config's attention (flash, chunked, dot_product)")
-  ap.add_argument("--attn_block", type=int, default=None, help="override the config's attention tile/chunk")
+  ap.add_argument("--attn_impl", default=None, help="override the config's attention (flash, dot_product)")
+  ap.add_argument("--attn_block", type=int, default=None, help="override the config's flash attention tile")
   args = ap.parse_args()
   base = json.load(open(BASELINE)) if os.path.exists(BASELINE) else {}
   peak = matmul_peak(jnp.dtype(args.dtype))

@@ -1,4 +1,4 @@
-"""Greedy gaze labels for NTP (spec training.md 6): frozen VideoMAE -> gazing_labels.json (+ greedy_meta.json).
+"""Greedy gaze labels for NTP: frozen VideoMAE -> gazing_labels.json (+ greedy_meta.json).
 
   python -m launch.label --config=configs/greedy_labels.py --workdir=runs/labels \
       --config.data.src=/data/InternVid_res448_250K --config.videomae.checkpoint=/ckpt/videomae
@@ -9,7 +9,7 @@ Re-running with the same --workdir resumes (each clip is labelled once). Multi-h
 labels its strided share; the last to finish merges. NTP then reads `<workdir>/gazing_labels.json`
 (`--config.data.labels=...`), also on an ArrayRecord build (joined at read time by video path).
 
-Defaults (spec 6.2): tau 0.5, budget 198, min_tokens 1. Variant `default` = stochastic greedy with
+Defaults: tau 0.5, budget 198, min_tokens 1. Variant `default` = stochastic greedy with
 64 random candidates and 4 patches per round (exact losses recorded for every prefix): the cheap setting
 meant for 250K clips; `exact`, `random` (k=1), `c2f` (coarse-to-fine) and `chunked` (all candidates,
 k=4) are the others (`benchmarks/greedy.py` and `greedy.variant_report` compare them).

@@ -1,4 +1,4 @@
-"""GRPO post-training (paper recipe; spec training.md 3 and 7.2).
+"""GRPO post-training (paper recipe).
 
   python -m launch.train --config=configs/grpo.py --workdir=runs/grpo \
       --config.model.init=runs/ntp/export --config.videomae.checkpoint=/ckpt/videomae

@@ -1,4 +1,4 @@
-"""NTP pre-training on greedy gaze labels (paper recipe; spec training.md 7.1).
+"""NTP pre-training on greedy gaze labels (paper recipe).
 
   python -m launch.train --config=configs/ntp.py --workdir=runs/ntp \
       --config.data.source=folder --config.data.path=/data/videos --config.data.labels=/data/gazing_labels.json

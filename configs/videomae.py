@@ -1,4 +1,4 @@
-"""Train the VideoMAE judge with random multi-scale gaze masks (ours; spec training.md 7.4).
+"""Train the VideoMAE judge with random multi-scale gaze masks (ours).
 
   python -m launch.train --config=configs/videomae.py --workdir=runs/videomae
   python -m launch.train --config=configs/videomae.py:smoke --workdir=runs/videomae_smoke

@@ -1,4 +1,4 @@
-"""Data pipelines for autogaze-jax (spec training.md sections 2.1-2.2, 5, 8.12-8.13).
+"""Data pipelines for autogaze-jax.
 
 Modules (numpy/PIL/PyAV only, no model code, no JAX except `pipeline.to_global`/`normalize_on_device`):
   ops.py        clip ops: official frame sampling, padding, resize+center crop, normalised views,

@@ -1,4 +1,4 @@
-"""Official `gazing_labels.json` I/O, validation and collation (spec training.md 2.1, 2.2, 8.12).
+"""Official `gazing_labels.json` I/O, validation and collation.
 
 File format: one JSON object `{video_path: {"gazing_pos": [[global ids] x T], "task_losses":
 [[floats] x T]}}`. Keys are normalised to their last three path components on load. In memory we
@@ -30,12 +30,12 @@ import numpy as np
 
 from data_pipelines.ops import relative_video_path
 
-TOKENS_PER_FRAME = 265  # spec 0: V local ids per frame; EOS = 265
+TOKENS_PER_FRAME = 265  # V local ids per frame; EOS = 265
 NUM_FRAMES = 16
 
 
 class LabelError(ValueError):
-  """A label entry breaks the format of spec 2.1."""
+  """A label entry breaks the official `gazing_labels.json` format."""
 
 
 def load_labels(paths: str | Sequence[str], *, validate: bool = True, num_frames: int = NUM_FRAMES,
@@ -101,7 +101,7 @@ def validate_entry(key: str, entry: Mapping, *, num_frames: int = NUM_FRAMES,
 
 def flatten_entry(entry: Mapping) -> dict[str, np.ndarray]:
   """Nested JSON entry -> flat item fields (see module docstring). Copies: the source dict is never
-  mutated (the official collate pads the dataset's lists in place, spec 8.12)."""
+  mutated (the official collate pads the dataset's lists in place)."""
   gp, tl = entry["gazing_pos"], entry["task_losses"]
   return {
       "gazing_pos": np.asarray([i for f in gp for i in f], np.int64),
@@ -141,7 +141,7 @@ def _check_batch(items: Sequence[Mapping]) -> np.ndarray:
     raise ValueError("cannot collate an empty batch")
   lens = np.stack([np.asarray(it["label_lengths"]) for it in items])
   if (lens < 1).any():
-    raise LabelError("every frame needs >= 1 gaze token to collate (spec 2.1)")
+    raise LabelError("every frame needs >= 1 gaze token to collate")
   return lens
 
 

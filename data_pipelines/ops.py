@@ -1,4 +1,4 @@
-"""Numpy-only clip ops (spec training.md section 5). Safe inside grain worker processes: no JAX here.
+"""Numpy-only clip ops. Safe inside grain worker processes: no JAX here.
 
 Conventions: a clip is uint8 `(T, H, W, 3)` RGB; model views are float32 `(T, 3, S, S)`.
 """
@@ -17,7 +17,7 @@ SIZE = 224
 STAT_KEYS = (
     "ok",                  # item produced from its own video
     "padded_short",        # < clip_len decoded frames: last frame repeated (official behaviour)
-    "cropped_non_square",  # non-square: center-cropped identically for both views (spec 8.13)
+    "cropped_non_square",  # non-square: center-cropped identically for both views
     "converted_gray",      # grayscale source converted to RGB
     "converted_alpha",     # source with alpha channel: alpha dropped
     "skip_zero_length",    # empty file
@@ -87,7 +87,7 @@ def pad_or_trim(frames: np.ndarray, clip_len: int = CLIP_LEN) -> tuple[np.ndarra
 def resize_short_center_crop(frames: np.ndarray, size: int = SIZE) -> np.ndarray:
   """uint8 (T, H, W, 3) -> uint8 (T, size, size, 3): shortest edge to `size` with PIL bilinear
   (the official processor's resize, long side truncated), then a center crop of `size` (the task
-  view, spec 1.2). For a square input this equals the gaze view's resize exactly."""
+  view). For a square input this equals the gaze view's resize exactly."""
   frames = Processor(shortest_edge=size).resize(frames)
   h, w = frames.shape[1:3]
   top, left = (h - size) // 2, (w - size) // 2

@@ -12,7 +12,7 @@ Batch (this host's B clips):
   frames          uint8   (B, 16, 224, 224, 3)  normalise late (`normalize_on_device` or `views=True`)
   video_path      str     (B,)                   relative keys (host only, never sent to devices)
   data_stats      int32   (B, len(STAT_KEYS))    repairs/skips behind each item (summed in `stats()`)
-  video, video_for_task  float32 (B, 16, 3, 224, 224)   only with `views=True` (spec 5 item views)
+  video, video_for_task  float32 (B, 16, 3, 224, 224)   only with `views=True`
   with labels="official" | "fixed" (`labels.py`): gazing_pos int64 (B, S), task_losses float32 (B, S),
   if_padded_gazing bool (B, S), num_gazing_each_frame int64 (16,), S = sum(num_gazing_each_frame).
   "official" = the reference collation (S depends on the batch; single host only for jit);

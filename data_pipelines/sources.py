@@ -292,7 +292,3 @@ class ArrayRecordSource(_Counting):
     self._counts += item["data_stats"]
     return item
 
-
-def save_stats(path: str, stats: Mapping) -> None:
-  with open(path, "w") as f:
-    json.dump(dict(stats), f, indent=1, sort_keys=True)

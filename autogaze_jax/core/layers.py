@@ -43,7 +43,7 @@ def llama3_inv_freq(head_dim: int, theta: float, scaling) -> np.ndarray:
   """RoPE inverse frequencies exactly as transformers 4.51 computes them in float32.
 
   The float32 power must be correctly rounded (numpy's vectorised float32 `**` is not): compute it
-  in float64 and round once (spec gaze-model.md section 4.2, whose bit patterns the tests assert).
+  in float64 and round once (the tests assert its float32 bit patterns).
   """
   exps = (np.arange(0, head_dim, 2).astype(np.float32) / np.float32(head_dim)).astype(np.float64)
   base = np.array([np.float32(theta ** e) for e in exps], np.float32)

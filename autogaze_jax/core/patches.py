@@ -1,13 +1,13 @@
 """Multi-scale gaze patches: id math, per-scale masks, compiled gather and paint-back.
 
-A gaze id addresses one patch of one frame at one scale (spec gaze-model.md sections 1, 7, 9).
+A gaze id addresses one patch of one frame at one scale.
 For a `ScaleLayout(scales, patch_size)` with grids `g_s = s // patch_size`, a frame has
 `V = sum g_s^2` local ids: the scales are concatenated in ascending order and every scale is
 row-major over its `g_s x g_s` grid. The global id is `local + V * t`. The released model uses
 scales (32, 64, 112, 224) / patch 16 (V = 265); resolution adaptation uses e.g.
 (56, 112, 196, 392) / patch 14 (V = 1060).
 
-Pixel meaning (spec section 9): the patch (row, col) of scale s is the `p x p` block at
+Pixel meaning: the patch (row, col) of scale s is the `p x p` block at
 (row*p, col*p) of the frame bicubic-resized to s x s. In an H x W frame it therefore covers the
 footprint rows `[ceil(row*H/g), ceil((row+1)*H/g))`, i.e. pixel y belongs to grid row `(y*g) // H`
 (exact integer arithmetic; for the 224 frame a 32-scale patch covers 112x112 pixels).
@@ -141,7 +141,7 @@ def split_ids(gazing_pos, if_padded, num_gazing_each_frame, layout: ScaleLayout)
 
 @functools.partial(jax.jit, static_argnames=("num_frames", "layout"))
 def gazing_masks(gazing_pos, if_padded, num_frames: int, layout: ScaleLayout) -> tuple[jax.Array, ...]:
-  """Per-scale gaze masks, equal to the official `get_mask_from_gazing_pos` (spec 7).
+  """Per-scale gaze masks, equal to the official `get_mask_from_gazing_pos`.
 
   Args:
     gazing_pos, if_padded: (B, N); padded (or out-of-range) slots are ignored.
@@ -204,7 +204,7 @@ def gazing_pos_from_masks_fixed(masks: Sequence[jax.Array], layout: ScaleLayout,
 
 
 def gazing_pos_from_masks(masks: Sequence, layout: ScaleLayout):
-  """Masks -> the official variable-length output (`get_gazing_pos_from_gazing_mask`, spec 8.1 step 4).
+  """Masks -> the official variable-length output (`get_gazing_pos_from_gazing_mask`).
 
   Host function (its output length depends on the data): per frame the slot count is the maximum
   over the batch of real gazes, real ids come first in ascending order (gaze order is not
@@ -221,7 +221,7 @@ def gazing_pos_from_masks(masks: Sequence, layout: ScaleLayout):
 
 @functools.partial(jax.jit, static_argnames=("layout",))
 def multiscale_patches(frames, layout: ScaleLayout):
-  """The patch canvas of the downstream ViT (spec 9), indexed by global gaze id.
+  """The patch canvas of the downstream ViT, indexed by global gaze id.
 
   Args:
     frames: (B, T, C, H, W) float.

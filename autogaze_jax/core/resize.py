@@ -3,7 +3,7 @@
 `torch.nn.functional.interpolate(mode="bicubic", align_corners=False)` (no antialias) differs from
 `jax.image.resize`: torch uses the cubic coefficient A = -0.75, clamps tap indices to the border and
 never antialiases, while JAX uses Keys a = -0.5, antialiases on downscale and renormalises edge weights
-(errors of 0.25-0.37 on N(0,1) data, spec gaze-model.md section 11.1). The official model, the VideoMAE
+(errors of 0.25-0.37 on N(0,1) data). The official model, the VideoMAE
 and the downstream SigLIP all resize with torch's kernel, so we build torch's weights once (numpy,
 emulating its float32 arithmetic) and apply them as two small matmuls per image.
 """

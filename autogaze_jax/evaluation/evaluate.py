@@ -3,8 +3,7 @@
 `ratio_at_loss` sweeps gazing ratios (greedy rollout, no stop), scores each selection with the frozen
 VideoMAE on every frame, and interpolates the smallest gaze ratio whose mean reconstruction loss is
 <= the threshold (the paper's "gaze ratio at loss 0.7" table; it does not trust the model's own
-task-loss head, so an untrained model is measured fairly). `stop_at_loss` runs the paper's inference
-mode (stop when the predicted loss <= threshold) and reports the ratio used and the loss reached.
+task-loss head, so an untrained model is measured fairly).
 """
 from __future__ import annotations
 
@@ -70,7 +69,3 @@ def random_gaze_loss(mae, pixel_values, ratio: float, seed: int = 0) -> float:
   out = {"gazing_pos": pos, "if_padded_gazing": np.zeros_like(pos, bool), "num_gazing_each_frame": np.full(t, k)}
   return float(_losses(mae, jnp.asarray(pixel_values), out, t).mean())
 
-
-def stop_at_loss(model, mae, pixel_values, threshold: float, cap_ratio: float = 0.75, batch: int = 4) -> dict:
-  """The model's own stopping rule at `threshold`: gaze ratio used and the loss actually reached."""
-  return {"threshold": threshold, **_gaze_and_score(model, mae, pixel_values, cap_ratio, threshold, batch)}

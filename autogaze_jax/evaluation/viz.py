@@ -160,7 +160,7 @@ def _scale_view(frames, layout: ScaleLayout, i: int, tile_grid, tile_size):
 
 def per_scale_rows(frames_uint8, gazing_pos, if_padded, layout: ScaleLayout, *, dim: float = SCALE_ROW_DIM,
                    color=RED, line_width: int = 1, tile_grid=None, tile_size=None) -> list[np.ndarray]:
-  """The official per-scale visualisation (training spec 4.9): one (T, H, W, 3) uint8 row per scale,
+  """The official per-scale visualisation: one (T, H, W, 3) uint8 row per scale,
   the frame at that scale's resolution, dimmed outside that scale's gazed patches, gazed patches
   outlined in `color`."""
   frames = _check_frames(frames_uint8)
@@ -251,7 +251,7 @@ def gaze_rows(frames_uint8, gazing_pos, if_padded, layout: ScaleLayout, *, per_s
 
 def training_picture(path: str | None, frames_uint8, gazing_pos, if_padded, layout: ScaleLayout, *,
                      reconstructions=None, reconstructed_frames=None) -> np.ndarray:
-  """The train/validation picture (training spec 4.9): original row, one row per scale (frame at that
+  """The train/validation picture: original row, one row per scale (frame at that
   scale, dimmed to 20% outside gazed patches, red outlines), and the reconstruction row.
 
   Args:

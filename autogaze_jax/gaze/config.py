@@ -1,4 +1,4 @@
-"""Gaze-model configuration, 1:1 with the official `config.json` (spec gaze-model.md section 10.2).
+"""Gaze-model configuration, 1:1 with the official `config.json`.
 
 `GazeConfig` is a frozen (hashable) dataclass so it can be a static argument of jitted functions.
 Only the fields that change the computation are typed; everything else of an official `config.json`

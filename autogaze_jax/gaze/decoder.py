@@ -1,4 +1,4 @@
-"""LLaMA-style gaze decoder with multi-token and task-loss heads (spec sections 4-5).
+"""LLaMA-style gaze decoder with multi-token and task-loss heads.
 
 HF `LlamaModel` + `LlamaForCausalLM_MultiTokenPred`: pre-norm blocks (RMSNorm eps from config),
 llama3-scaled RoPE, no biases, SiLU-gated MLP, final RMSNorm; `lm_head` gives K x vocab logits per

@@ -1,7 +1,7 @@
 """Host-side wrapper around the compiled rollout: arguments -> budgets/thresholds -> the official dict.
 
 `generate(model, pixel_values, gazing_ratio=..., task_loss_requirement=...)` mirrors the official
-`AutoGaze.forward({'video': x}, gazing_ratio=R, task_loss_requirement=Q)` output (spec 7.2):
+`AutoGaze.forward({'video': x}, gazing_ratio=R, task_loss_requirement=Q)` output:
 gazing_pos (B, N) global ids (padded slots hold `265 * (t + 1)`), if_padded_gazing, num_gazing_each_frame
 (T,), gazing_mask (per scale (B, T, g^2) float32), sample_num_gazing_each_frame (B, T) (each sample's own slot counts; equal
 to num_gazing_each_frame in the official coupled mode), log_action_probs / task_loss_prediction (teacher-forced,
@@ -111,7 +111,7 @@ def compact(tokens: np.ndarray, length: np.ndarray, vocab_per_frame: int) -> dic
 
 
 def default_ratio(cfg, gazing_ratio, threshold):
-  """The official argument rules (spec 6.4): a threshold alone means ratio 1 (budget 265); neither
+  """The official argument rules: a threshold alone means ratio 1 (budget 265); neither
   means the checkpoint's fixed gazing ratio (0.75 for the released model)."""
   if gazing_ratio is not None:
     return gazing_ratio

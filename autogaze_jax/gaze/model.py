@@ -1,8 +1,8 @@
 """The AutoGaze gaze model and its teacher-forced pass (official `AutoGazeModel.embed` / `.forward`).
 
-Sequence layout (spec 4.3): per frame, the grid^2 vision tokens then that frame's gaze slots;
+Sequence layout: per frame, the grid^2 vision tokens then that frame's gaze slots;
 padded slots are EOS embeddings with attention mask 0; positions = cumsum(mask) - 1.
-Multi-token read-out (spec 5): slot j of a frame (m = j % K) at sequence index p takes its
+Multi-token read-out: slot j of a frame (m = j % K) at sequence index p takes its
 probability from logit head m at p - (m + 1) and its task-loss prediction from head (m+1) % K at
 p - ((m+1) % K). The per-frame slot counts are static, so every index of the layout is a numpy
 constant computed once per shape (`SequenceLayout`).

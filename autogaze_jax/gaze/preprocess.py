@@ -1,4 +1,4 @@
-"""Host-side image processor, equal to the official `AutoGazeImageProcessor` (spec 2.1).
+"""Host-side image processor, equal to the official `AutoGazeImageProcessor`.
 
 uint8 frames (T, H, W, 3) -> float32 (T, 3, H', W'):
   1. resize with PIL bilinear (antialiased when shrinking, uint8 result): shortest edge to

@@ -1,6 +1,6 @@
 """Compiled autoregressive gazing: the official generation schedule as one jitted program.
 
-Official behaviour reproduced (spec gaze-model.md section 6; fixtures gaze_tiny/generate_*):
+Official behaviour reproduced (fixtures gaze_tiny/generate_*):
   * per frame: a prefill feeds the previous frame's never-fed final chunk (at cumsum positions, EOS
     masked) plus the frame's vision tokens; each later step feeds the previous chunk of k tokens at the
     *reused* positions of the frame's last k vision tokens, with every new slot visible (EOS too);
@@ -213,7 +213,7 @@ def frame_step(model, state: RolloutState, vis: jax.Array, budget: jax.Array, th
 
 
 def budgets_from_ratio(ratio, frames: int, vocab_per_frame: int = 265) -> np.ndarray:
-  """Official per-frame budgets: clamp(int(float32(ratio) * 265 in float32), min=1) (spec 6.4)."""
+  """Official per-frame budgets: clamp(int(float32(ratio) * 265 in float32), min=1)."""
   r = np.broadcast_to(np.asarray(ratio, np.float32), (frames,))
   return np.maximum(1, (r * np.float32(vocab_per_frame)).astype(np.float32).astype(np.int64))
 

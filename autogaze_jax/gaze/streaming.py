@@ -1,4 +1,4 @@
-"""Streaming gaze for live video (spec 8.3): one frame per call, state carried between calls.
+"""Streaming gaze for live video: one frame per call, state carried between calls.
 
 The carried state is the rollout's `RolloutState` (slot KV cache, rebuilt mask, positions, the
 deferred final chunk) plus the conv cache of the causal trunk; each call runs two jitted programs

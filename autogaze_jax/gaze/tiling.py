@@ -1,7 +1,7 @@
 """Any resolution and any duration.
 
 Two tilings:
-  * `res_adapt_tiles` / `recover_res_adapt`: the official resolution adaptation (spec 8.1) for a
+  * `res_adapt_tiles` / `recover_res_adapt`: the official resolution adaptation for a
     downstream ViT of another input/patch size (`target_scales`, `target_patch_size`): the square
     H = W = target_scales[-1] input is zero-padded (normalised space) right/bottom to whole tiles of
     14 * patch px, the tiles become batch entries (b, nh, nw), and the per-scale tile masks are stitched,

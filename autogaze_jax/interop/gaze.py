@@ -1,4 +1,4 @@
-"""Official checkpoint format <-> our params (spec gaze-model.md section 10).
+"""Official checkpoint format <-> our params.
 
 An official AutoGaze checkpoint directory holds `config.json`, `model.safetensors` (49 float32
 tensors under `gazing_model.`, torch layouts, metadata {"format": "pt"}) and

@@ -1,4 +1,4 @@
-"""Official VideoMAE task-model weights <-> our params (spec training.md 1.8).
+"""Official VideoMAE task-model weights <-> our params.
 
 Reads HF `ViTMAEForPreTraining` names (`vit.*`, `decoder.*`, as in `tests/fixtures/videomae_tiny`)
 from safetensors only (nothing unpickles). An optional `module.` (DDP) and/or `mae.` prefix

@@ -1,4 +1,4 @@
-"""VideoMAE task-model configuration, 1:1 with the official `config.json` (spec training.md 1.1, 1.8).
+"""VideoMAE task-model configuration, 1:1 with the official `config.json`.
 
 `VideoMAEConfig` is a frozen (hashable) dataclass, usable as a static argument of jitted functions.
 Typed fields are the ones that change the computation; the rest of an official `config.json` is kept
@@ -17,7 +17,7 @@ from typing import Any
 
 DTYPES = ("float32", "bfloat16")
 REMAT = ("none", "block", "dots")          # jax.checkpoint per transformer block: off / full / save matmuls
-ATTN_IMPLS = ("auto", "flash", "chunked", "dot_product")    # see models/flash_attention.py, segment_attention.py
+ATTN_IMPLS = ("auto", "flash", "dot_product")    # see core/flash_attention.py, judge/segment_attention.py
 LOSS_TERMS = ("l1", "dinov2_reg", "siglip2")
 
 
@@ -55,7 +55,7 @@ class VideoMAEConfig:
   remat: str = "none"             # per transformer block, see REMAT
   attn_impl: str = "auto"         # auto = "flash" (tiled, causal tiles skipped) on CPU, "dot_product" (fused
                                   # cuDNN/TPU kernels) on accelerators; see `resolved_attn_impl`
-  attn_block: int = 264           # flash tile (264 beats 128/256 on CPU) / chunked query chunk (128 best)
+  attn_block: int = 264           # flash tile (264 beats 128/256 on CPU)
   dinov2_reg_weights: str = ""    # local HF safetensors of dinov2-with-registers-base ("" = skip the term)
   siglip2_weights: str = ""       # local HF safetensors of siglip2-base-patch16-224 vision ("" = skip)
   raw_json: str = dataclasses.field(default="", compare=False, repr=False)

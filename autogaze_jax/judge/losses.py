@@ -1,4 +1,4 @@
-"""Per-frame reconstruction losses, GRPO rewards and task-loss targets (spec training.md 1.6, 1.7).
+"""Per-frame reconstruction losses, GRPO rewards and task-loss targets.
 
 `reconstruction_task` is the one function behind all three consumers: GRPO (`reward`,
 `traj_len_each_reward`), the gaze model's task-loss head (`reconstruction_loss_each_gazing_token` and

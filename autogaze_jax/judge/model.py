@@ -1,4 +1,4 @@
-"""Block-causal multi-scale VideoMAE: the frozen reconstruction judge (spec training.md 1.1-1.5).
+"""Block-causal multi-scale VideoMAE: the frozen reconstruction judge.
 
 Params live in NNX modules (names mirror the official HF ViTMAE ones, see interop/videomae.py); all
 math is in pure functions of arrays, used as `forward(graphdef, params, ...)` under `jax.jit`.
@@ -6,7 +6,7 @@ math is in pure functions of arrays, used as `forward(graphdef, params, ...)` un
 Shapes: B videos, T frames, V = 265 tokens per frame (scales 32/64/112/224 -> 4+16+49+196 ids,
 row-major per scale), N gaze slots (static), R frames to reconstruct (static length).
 Layout (differs from the official positional layout, same outputs, because the mask is defined by
-frame ids and every output is invariant to token order inside a frame, spec 1.4):
+frame ids and every output is invariant to token order inside a frame):
   encoder: [cls, slot_0 .. slot_{N-1}]                       (as official)
   decoder: [cls, slot_0 .. slot_{N-1}, frame R[0] ids 0..V-1, ..., frame R[-1] ids 0..V-1]
            slots of frames in R are masked out as keys (the official code replaces them by the full
@@ -152,7 +152,7 @@ def _block(w, x, q_seg, k_valid, self_edge, *, heads, eps, dtype, attn_impl, att
   q, k, v = (split(dense(h, *w[n])) for n in ("q", "k", "v"))
   att = lambda s, e, ke: segment_attention(  # noqa: E731
       q[:, s:e], k[:, :ke], v[:, :ke], q_seg[:, s:e], q_seg[:, :ke], k_valid[:, :ke],
-      None if self_edge is None else self_edge[:, s:e], block=attn_block, impl=attn_impl, q_offset=s)
+      None if self_edge is None else self_edge[:, s:e], q_offset=s)
   if attn_impl == "flash":   # tiles skip the block-causal upper triangle by themselves: no groups needed
     a = flash_attention(q, k, v, q_seg[0], q_seg[0], k_valid, block=attn_block, self_edge=self_edge)
   elif groups is None:
@@ -231,7 +231,7 @@ def _encoder_add_table(cfg: VideoMAEConfig, emb: Embeddings) -> jax.Array:
 
 
 def _decoder_add_table(cfg: VideoMAEConfig, dec: Decoder) -> jax.Array:
-  """(V, Dd): decoder table resampled along its flattened 196 length per scale (1-D bicubic, spec 1.5)."""
+  """(V, Dd): decoder table resampled along its flattened 196 length per scale (1-D bicubic)."""
   table = dec.decoder_pos_embed[...][0, 1:]
   rows = []
   for i, n in enumerate(cfg.tokens_per_scale):
@@ -285,7 +285,7 @@ def encode(model: VideoMAE, video, gazing_pos, if_padded_gazing, num_gazing_each
 
   q_seg = _seg_rows(cfg, b, jnp.concatenate([jnp.full((1,), -1, jnp.int32), seg]))
   k_valid = jnp.concatenate([jnp.ones((b, 1), bool), real], axis=1)
-  # official quirk (spec 1.4): every row but the last may see itself, even when padded; only the
+  # official quirk: every row but the last may see itself, even when padded; only the
   # padded rows' own outputs depend on it (real outputs never do).
   self_edge = jnp.broadcast_to(jnp.arange(n + 1) < n, (b, n + 1))
   groups = frame_groups(static_counts, 1, cfg.attn_block) if static_counts is not None and cfg.causal else None
@@ -381,7 +381,7 @@ def check_gaze_inputs(gazing_pos, if_padded_gazing, num_gazing_each_frame, num_f
   """Host-side validation (numpy); raises ValueError naming the first bad slot / frame.
 
   Checks: counts sum to N and are >= 0; every non-padded id lies in [0, T*V); reconstruct indices in
-  [0, T). Padded slots may hold anything (spec 1.3). Frames without a real slot are allowed.
+  [0, T). Padded slots may hold anything. Frames without a real slot are allowed.
   """
   pos, pad, cnt = np.asarray(gazing_pos), np.asarray(if_padded_gazing, bool), np.asarray(num_gazing_each_frame)
   if cnt.shape != (num_frames,) or (cnt < 0).any() or int(cnt.sum()) != pos.shape[1]:

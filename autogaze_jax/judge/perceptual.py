@@ -1,12 +1,12 @@
-"""Frozen perceptual feature extractors for the reconstruction loss (spec training.md 1.6).
+"""Frozen perceptual feature extractors for the reconstruction loss.
 
 DINOv2-with-registers (HF `Dinov2WithRegistersModel`) and SigLIP2 vision (HF `SiglipVisionModel`), as
 pure functions over a flat dict of arrays keyed by the HF parameter names (linear weights stored
 (in, out), conv weights HWIO). They are frozen judges, loaded from local safetensors only (nothing
 downloads); a random init exists only for tests with tiny configs.
 
-`features(net, images)`: images (M,3,224,224) in the *task* space (ImageNet-normalised `x/127.5-1`,
-spec 1.2) -> (M, tokens, 4*width) = the last 4 `hidden_states` (before the final LayerNorm),
+`features(net, images)`: images (M,3,224,224) in the *task* space (ImageNet-normalised `x/127.5-1`)
+-> (M, tokens, 4*width) = the last 4 `hidden_states` (before the final LayerNorm),
 concatenated on channels; DINOv2 drops cls + registers. `PerceptualNet` is a pytree: arrays are
 leaves, the config is static.
 
@@ -41,7 +41,7 @@ class ExtractorConfig:
   num_registers: int = 4       # dinov2_reg only
   pos_grid: int = 37           # stored position table side (dinov2: 518/14; siglip: 224/16)
   eps: float = 1e-6
-  image_size: int = 224        # input side (no resize, spec 1.6)
+  image_size: int = 224        # input side (no resize)
 
   @property
   def grid(self) -> int:

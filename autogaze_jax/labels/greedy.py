@@ -1,9 +1,9 @@
-"""Greedy gaze-label search against the frozen VideoMAE (spec training.md 6): the NTP labels.
+"""Greedy gaze-label search against the frozen VideoMAE: the NTP labels.
 
 For each frame t in order, repeatedly add the not-yet-chosen patch (any scale, 265 local ids) whose
 addition most lowers frame t's reconstruction loss given everything chosen so far (earlier frames
 included), until the loss is <= tau (after at least `min_tokens` patches) or the frame's `budget` is
-reached; the chosen ids (in order) and the loss after each addition are the labels (spec 2.1).
+reached; the chosen ids (in order) and the loss after each addition are the labels.
 
 Compiled and vectorised. One greedy step for B clips in lock-step at the same frame t is one jitted
 call: every candidate set of every clip is evaluated by one batched VideoMAE forward (nested `vmap`:
@@ -13,7 +13,7 @@ reconstruction target are computed once per clip). The candidate axis can be sha
 
 Layout of one evaluated set (why it equals the official forward): the loss of frame t depends only on
 the token *sets* of frames <= t (block-causal mask, order-free inside a frame, absolute time
-embeddings: spec 1.4), so each clip's gaze is packed as
+embeddings), so each clip's gaze is packed as
     [earlier frames' chosen tokens, frame by frame | own frame: S + candidate | padding up to N]
 with per-clip slot counts (the padding counted in frame t, later frames 0 slots) and frame t the only
 reconstructed frame. N is the batch's longest set rounded up to `slot_bucket`, so the encoder sees at
@@ -64,14 +64,14 @@ log = logging.getLogger(__name__)
 
 CANDIDATE_MODES = ("all", "random", "coarse_to_fine")
 LABELS_NAME, META_NAME, SHARD_DIR = "gazing_labels.json", "greedy_meta.json", "shards"
-LOSS_DECIMALS = 5          # spec 6.5: losses as floats with 4-5 decimals
+LOSS_DECIMALS = 5          # losses as floats with 4-5 decimals
 _STEP_STRIDE = 1 << 12     # rng fold-in: t * stride + step (a frame never has 4096 steps)
 
 
 # ---------------------------------------------------------------- config
 @dataclasses.dataclass(frozen=True)
 class GreedyConfig:
-  """Greedy search settings (spec 6.2-6.4); frozen so it is a static jit argument."""
+  """Greedy search settings; frozen so it is a static jit argument."""
   tau: float = 0.5                 # stop a frame once its loss is <= tau ...
   budget: int = 198                # ... or it has this many patches (0.75 of 265)
   min_tokens: int = 1              # never stop before this many patches (>= 1: empty frames break NTP)

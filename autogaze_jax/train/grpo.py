@@ -1,4 +1,4 @@
-"""GRPO post-training with the frozen VideoMAE's negative reconstruction loss as reward (spec training.md 3).
+"""GRPO post-training with the frozen VideoMAE's negative reconstruction loss as reward.
 
 One jitted program per step, vectorised over batch x group (row = g * B + b, as official
 `GRPO.preprocess_inputs`):

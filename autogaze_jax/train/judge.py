@@ -1,4 +1,4 @@
-"""Training the VideoMAE itself with random multi-scale gaze masks (spec training.md 7.4, ours).
+"""Training the VideoMAE itself with random multi-scale gaze masks.
 
 Until `launch.train` exists this module is the entry: build a `TrainState` with `init_state`, jit
 `make_train_step(cfg, graphdef, tx)` and call it as `(state, batch, rng) -> (state, metrics)`.

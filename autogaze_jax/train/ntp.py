@@ -1,4 +1,4 @@
-"""Next-token-prediction pre-training on greedy gaze labels (spec training.md 2).
+"""Next-token-prediction pre-training on greedy gaze labels.
 
 Losses (official `NTP`, checked on gaze_tiny/teacher_forced.npz):
   m = ~if_padded_gazing;  Lbar = sum(m) / B + 1e-6   (batch-average real-token count, not per sample)

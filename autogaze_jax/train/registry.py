@@ -226,7 +226,7 @@ class GRPO:
 
 
 class VideoMAETraining:
-  """Train the judge itself with random multi-scale gaze (spec 7.4, ours)."""
+  """Train the judge itself with random multi-scale gaze."""
   finite_keys = ("loss", "grad_norm")
   progress_keys = ("loss", "gaze_ratio", "lr")
   picture = None

@@ -1,8 +1,8 @@
 """Pieces every algorithm shares: the train state, the optimizer from config, norm metrics.
 
-The whole train state is one pytree (style.md 4): `TrainState(step, params, opt_state)`; the graphdef of
+The whole train state is one pytree: `TrainState(step, params, opt_state)`; the graphdef of
 the single `nnx.split` is static and lives outside it. Learning-rate schedules follow the official
-trainer (spec training.md 4.3): `linear` (lr0 -> min_lr over S steps, no warmup), `linear_w_warmup`
+trainer: `linear` (lr0 -> min_lr over S steps, no warmup), `linear_w_warmup`
 (W = S // 10 steps of warmup from 0, then linear to 0: lr(0) = 0), `constant`, plus `cosine`.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SigLIP-style ViT that embeds only AutoGaze's multi-scale gazed patches (spec gaze-model.md section 9).
+"""SigLIP-style ViT that embeds only AutoGaze's multi-scale gazed patches.
 
 This is the JAX counterpart of the official downstream encoder (`autogaze/vision_encoders/siglip/
 modeling_siglip.py`, "SIG"): an unchanged HF SigLIP vision tower whose input is a video and whose
@@ -504,7 +504,7 @@ def finest_ids(cfg: GazedViTConfig, num_frames: int) -> np.ndarray:
 # ---------------------------------------------------------------- fixed-capacity slots (host)
 def capacity_for_ratio(gazing_ratio: float | None, tokens_per_frame: int = 265) -> int:
   """Per-frame slot capacity of a gaze-ratio bucket: the official per-frame budget
-  `int(float32(ratio) * V)` clamped to [1, V] (spec 6.4); V without a ratio."""
+  `int(float32(ratio) * V)` clamped to [1, V]; V without a ratio."""
   if gazing_ratio is None:
     return tokens_per_frame
   b = int(np.float32(gazing_ratio) * np.float32(tokens_per_frame))

@@ -70,7 +70,7 @@ def test_masks_equal_official(name):
 
 @pytest.mark.parametrize("name", ["resadapt392_ratio0.1", "resadapt392_ratio0.75_thr-2.5"])
 def test_recovery_equals_official_1060(name):
-  """The official res-adapt recovery rebuilds gazing_pos from stitched masks (spec 8.1 step 4)."""
+  """The official res-adapt recovery rebuilds gazing_pos from stitched masks."""
   d = _load("gaze_tiny_extra", name)
   ids, pad, n = P.gazing_pos_from_masks(_masks(d), L1060)
   np.testing.assert_array_equal(ids, d["gazing_pos"])

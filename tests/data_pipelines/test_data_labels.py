@@ -28,7 +28,7 @@ def test_collate_official_spec_example():
   np.testing.assert_array_equal(out["if_padded_gazing"], out["gazing_pos"] == -1)
   assert out["gazing_pos"].dtype == np.int64 and out["task_losses"].dtype == np.float32
   assert out["if_padded_gazing"].dtype == bool and out["num_gazing_each_frame"].dtype == np.int64
-  assert a == a0 and b == b0  # inputs not extended in place (spec 8.12)
+  assert a == a0 and b == b0  # inputs not extended in place
 
 
 def test_collate_fixed_capacity():

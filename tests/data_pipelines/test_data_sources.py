@@ -66,7 +66,7 @@ def test_repairs_are_counted(zoo, kind, flag):
 
 
 def test_non_square_is_center_crop_of_short_side_resize(zoo):
-  # 225x301 -> shortest edge 224 (PIL bilinear) -> 224x299 -> center crop 224 (task view, spec 1.2).
+  # 225x301 -> shortest edge 224 (PIL bilinear) -> 224x299 -> center crop 224 (task view).
   from PIL import Image
   img = np.zeros((225, 301, 3), np.uint8)
   img[:, :150] = 200  # left half bright: the crop position is visible

@@ -1,7 +1,7 @@
 """A deliberately plain reference of the official generation schedule (batch of one, greedy).
 
 Python lists for the KV cache and the attention mask, one eager forward per step, the official
-`_sample` control flow transcribed line by line (gaze-model.md 6.1-6.3). Slow and shape-dynamic on
+`_sample` control flow transcribed line by line. Slow and shape-dynamic on
 purpose: it shares no scheduling code with autogaze_jax.gaze.rollout, only the layer math.
 """
 import jax.numpy as jnp

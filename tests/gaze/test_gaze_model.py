@@ -38,7 +38,7 @@ def _b2(pv):
 
 
 def test_inv_freq_bits_match_spec():
-  # spec gaze-model.md 4.2: float32 bit patterns for head_dim 32 (correctly rounded pow).
+  # float32 bit patterns for head_dim 32 (correctly rounded pow).
   want = ["3f800000", "3ee177bc", "3e4693b0", "3daee4ad", "3d1a08c8", "3c87a9c3", "3beef74f", "3b527720",
           "3a0995d2", "38a3418d", "380fc8f8", "377d45c3", "36df10c4", "36447610", "35ad07a7", "351864a7"]
   got = llama3_inv_freq(32, 500000.0, (8.0, 1.0, 4.0, 8192))

@@ -1,4 +1,4 @@
-"""Gazed ViT (autogaze_jax/models/gazed_vit.py, spec gaze-model.md section 9).
+"""Gazed ViT (autogaze_jax/models/gazed_vit.py).
 
 No SigLIP fixture from the official code exists here (no torch), so the official behaviour is pinned
 by an independent numpy transcription of SIG (`modeling_siglip.py`: per-scale resize + unfold,
@@ -165,7 +165,7 @@ def test_position_tables_match_numpy(name, overrides):
   if cfg.grid == 14:
     # the table is returned unchanged at 224 (14x14) ...
     np.testing.assert_array_equal(got[69:], table)
-    # ... and 14 -> 2 degenerates to picking table rows/cols 3 and 10 (spec 9, step 3)
+    # ... and 14 -> 2 degenerates to picking table rows/cols 3 and 10
     picked = table.reshape(14, 14, -1)[[3, 10]][:, [3, 10]].reshape(4, -1)
     np.testing.assert_allclose(got[:4], picked, rtol=0, atol=1e-6)
   else:  # 27 -> 28 at 392 is an upsample: no scale keeps the table
