@@ -34,6 +34,7 @@ import numpy as np
 
 from data_pipelines import labels as labels_lib
 from data_pipelines import ops
+from data_pipelines import sources, synthetic
 
 LABEL_MODES = (None, "official", "fixed")
 AUGMENTATIONS = ("random_resized_crop", "flip")
@@ -250,7 +251,6 @@ def make_source(kind: str, path: str | None = None, split: str = "train", *, lab
   """Source from config strings. kind: "synthetic" (embedded default, generated on first use into
   `cache_dir`), "folder" (`path` = comma-separated roots with train/ val/), "arrayrecord" (`path` =
   the build output dir)."""
-  from data_pipelines import sources, synthetic
   if kind == "synthetic":
     root = synthetic.ensure_synthetic(synthetic.SyntheticConfig(num_clips=synthetic_num_clips, seed=seed), cache_dir)
     return sources.VideoFolderSource(root, split, labels=labels, require_labels=require_labels)

@@ -19,6 +19,7 @@ import numpy as np
 
 from autogaze_jax.interop.gaze import CheckpointError, read_json_config, read_safetensors, torch_shapes
 from autogaze_jax.judge.config import VideoMAEConfig
+from autogaze_jax.judge.model import abstract_params
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 STRIP_PREFIXES = ("module.", "mae.")
@@ -82,7 +83,6 @@ def _strip(name: str) -> str:
 def _expected_shapes(cfg: VideoMAEConfig) -> dict:
   """{official name: torch shape} from an abstract model of this config."""
   from flax import nnx
-  from autogaze_jax.judge.model import abstract_params
   _, abstract = abstract_params(cfg)
   table = name_table(cfg)
   by_path = torch_shapes(table, nnx.to_pure_dict(abstract))
@@ -144,7 +144,6 @@ def load_checkpoint(ckpt_dir: str, cfg: VideoMAEConfig | None = None, weights: s
   """Directory with config.json + model.safetensors (or an explicit weights file) ->
   (cfg, graphdef, params nnx.State, perceptual tensors dict)."""
   from flax import nnx
-  from autogaze_jax.judge.model import abstract_params
   cfg = cfg or read_config(ckpt_dir)
   tensors, _ = read_safetensors(weights or os.path.join(ckpt_dir, WEIGHTS_NAME))
   tree, perceptual = official_to_params(cfg, tensors)

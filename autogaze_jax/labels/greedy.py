@@ -59,6 +59,12 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from autogaze_jax.judge.losses import reconstruction_task
+from autogaze_jax.core.sharding import make_mesh
+from autogaze_jax.evaluation.writers import Progress
+from autogaze_jax.interop.videomae import load_checkpoint, read_config
+from autogaze_jax.judge import perceptual as perc
+from autogaze_jax.judge.config import VideoMAEConfig
+from autogaze_jax.judge.model import init_params
 
 log = logging.getLogger(__name__)
 
@@ -560,7 +566,6 @@ def label_dataset(labeler: GreedyLabeler, load: Callable[[int], dict], keys: Seq
   labels do not depend on the host count or batching. Returns the summary after merging (None when
   other hosts are still running or `stop_after_batches`, a test hook simulating a kill, stopped early).
   """
-  from autogaze_jax.evaluation.writers import Progress
   from data_pipelines.pipeline import normalize_on_device
   if len(set(keys)) != len(keys):
     raise ValueError("clip keys (last three path components) are not unique; labels would collide")
@@ -635,10 +640,6 @@ def load_videomae(checkpoint: str = "", size: str = "tiny", dtype: str = "float3
   are used when present). Empty: size "tiny" = the random-weight test fixture, "default" = a random
   init; both log a warning because labels from random weights only exercise the plumbing.
   """
-  from autogaze_jax.judge import perceptual as perc
-  from autogaze_jax.interop.videomae import load_checkpoint, read_config
-  from autogaze_jax.judge.model import init_params
-  from autogaze_jax.judge.config import VideoMAEConfig
   fixture = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures",
                          "videomae_tiny")
   if not checkpoint and size == "tiny":
@@ -700,7 +701,6 @@ def _make_source(data):
 
 def run(config, workdir: str) -> dict | None:
   """`launch/label.py`: config (configs/greedy_labels.py) -> labels in `workdir` (resumable)."""
-  from autogaze_jax.core.sharding import make_mesh
   gcfg = greedy_config_from(config.greedy)
   if config.data.num_frames < 1 or config.data.clips_per_batch < 1:
     raise ValueError(f"data.num_frames={config.data.num_frames} and data.clips_per_batch="

@@ -21,6 +21,8 @@ from flax import nnx
 
 from autogaze_jax.train.state import TrainState, norm_metrics
 from autogaze_jax.train.ntp import NORM_EPS
+from autogaze_jax.gaze.rollout import RolloutSpec, rollout_frames
+from autogaze_jax.judge.losses import reconstruction_task
 
 
 def discounted_advantages(reward, traj_len, if_padded_gazing, group: int, gamma: float):
@@ -88,8 +90,6 @@ def temperature_at(step, total_steps: int, t0: float, t1: float):
 
 def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, schedule=None):
   """`train_step(state, batch, rng, frozen_videomae_params) -> (state, metrics)` (batch: video (B,T,3,224,224))."""
-  from autogaze_jax.judge.losses import reconstruction_task
-  from autogaze_jax.gaze.rollout import RolloutSpec, rollout_frames
   g = cfg.group_size
   cap = cfg.max_tokens_per_frame
 
