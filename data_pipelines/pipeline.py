@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 import grain
 import numpy as np
 
+from autogaze_jax.gaze.preprocess import normalize_on_device  # noqa: F401  (re-exported: the step's late normalisation)
 from data_pipelines import labels as labels_lib
 from data_pipelines import ops
 from data_pipelines import sources, synthetic
@@ -230,16 +231,6 @@ def to_global(batch: Mapping[str, np.ndarray], sharding) -> dict:
     else:
       out[k] = jax.make_array_from_process_local_data(sharding, v)
   return out
-
-
-def normalize_on_device(frames):
-  """uint8 (..., H, W, 3) -> float32 (..., 3, H, W) with the official normalisation (`x/127.5 - 1`,
-  then ImageNet mean/std), in jnp so it runs inside the jitted step. Equals `ops.views` up to float
-  rounding (the host path computes `x/127.5` in float64 first, spec's bit-exact route)."""
-  import jax.numpy as jnp
-  x = frames.astype(jnp.float32) * (1 / 127.5) - 1.0
-  x = (x - jnp.asarray((0.485, 0.456, 0.406), jnp.float32)) / jnp.asarray((0.229, 0.224, 0.225), jnp.float32)
-  return jnp.moveaxis(x, -1, -3)
 
 
 SOURCES = ("synthetic", "folder", "arrayrecord")

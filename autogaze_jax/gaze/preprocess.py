@@ -15,9 +15,12 @@ import dataclasses
 import json
 import os
 
+import jax.numpy as jnp
 import numpy as np
 
 PREPROCESSOR_NAME = "preprocessor_config.json"
+# The released model's normalisation statistics (ImageNet), the one place they are written down.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def default_preprocessor_config() -> dict:
@@ -36,8 +39,8 @@ class Processor:
   rescale_factor: float = 1 / 127.5
   offset: bool = True
   do_normalize: bool = True
-  image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-  image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+  image_mean: tuple[float, float, float] = IMAGENET_MEAN
+  image_std: tuple[float, float, float] = IMAGENET_STD
   resample: int = 2  # PIL BILINEAR
 
   @classmethod
@@ -53,8 +56,8 @@ class Processor:
                do_resize=bool(d.get("do_resize", True)), do_rescale=bool(d.get("do_rescale", True)),
                rescale_factor=float(d.get("rescale_factor", 1 / 127.5)), offset=bool(d.get("offset", True)),
                do_normalize=bool(d.get("do_normalize", True)),
-               image_mean=tuple(d.get("image_mean", (0.485, 0.456, 0.406))),
-               image_std=tuple(d.get("image_std", (0.229, 0.224, 0.225))), resample=int(d.get("resample", 2)))
+               image_mean=tuple(d.get("image_mean", IMAGENET_MEAN)),
+               image_std=tuple(d.get("image_std", IMAGENET_STD)), resample=int(d.get("resample", 2)))
 
   @classmethod
   def from_pretrained(cls, ckpt_dir: str | None = None, size=None) -> "Processor":
@@ -107,3 +110,12 @@ def check_frames(frames, name: str = "frames") -> np.ndarray:
   if min(frames.shape[:3]) < 1:
     raise ValueError(f"{name} has an empty axis: shape {frames.shape}")
   return frames
+
+
+def normalize_on_device(frames):
+  """uint8 (..., H, W, 3) -> float32 (..., 3, H, W) with the official normalisation (`x/127.5 - 1`,
+  then ImageNet mean/std), in jnp so it runs inside the jitted step. Equals `ops.views` up to float
+  rounding (the host path computes `x/127.5` in float64 first, the bit-exact route)."""
+  x = frames.astype(jnp.float32) * (1 / 127.5) - 1.0
+  x = (x - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD, jnp.float32)
+  return jnp.moveaxis(x, -1, -3)

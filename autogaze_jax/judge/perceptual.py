@@ -26,8 +26,7 @@ import numpy as np
 
 from autogaze_jax.interop.gaze import CheckpointError, read_safetensors
 from autogaze_jax.core.layers import attend, dense, layer_norm
-
-TASK_MEAN, TASK_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)   # vit-mae preprocessor (ImageNet)
+from autogaze_jax.gaze.preprocess import IMAGENET_MEAN as TASK_MEAN, IMAGENET_STD as TASK_STD  # the vit-mae preprocessor's
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,6 +58,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from autogaze_jax.gaze.preprocess import normalize_on_device
 from autogaze_jax.judge.losses import reconstruction_task
 from autogaze_jax.core.sharding import make_mesh
 from autogaze_jax.evaluation.writers import Progress
@@ -566,7 +567,6 @@ def label_dataset(labeler: GreedyLabeler, load: Callable[[int], dict], keys: Seq
   labels do not depend on the host count or batching. Returns the summary after merging (None when
   other hosts are still running or `stop_after_batches`, a test hook simulating a kill, stopped early).
   """
-  from data_pipelines.pipeline import normalize_on_device
   if len(set(keys)) != len(keys):
     raise ValueError("clip keys (last three path components) are not unique; labels would collide")
   pi = jax.process_index() if process_index is None else process_index

@@ -18,6 +18,7 @@ from autogaze_jax.api import AutoGaze
 from autogaze_jax.core.patches import ScaleLayout
 from autogaze_jax.evaluation import viz
 from autogaze_jax.gaze.config import GazeConfig, tiny_config
+from autogaze_jax.gaze.preprocess import normalize_on_device
 from autogaze_jax.interop.videomae import load_checkpoint, save_checkpoint
 from autogaze_jax.judge.config import VideoMAEConfig, tiny_videomae_config
 from autogaze_jax.judge.model import init_params
@@ -128,7 +129,6 @@ class NTP:
 
   @staticmethod
   def make_step(config, graphdef, tx, schedule, info):
-    from data_pipelines.pipeline import normalize_on_device
     inner = ntp.make_train_step(graphdef, tx, info["num_gazing_each_frame"], schedule,
                             config.ntp.optimize_task_loss_prediction)
 
@@ -206,7 +206,6 @@ class GRPO:
   @staticmethod
   def make_step(config, graphdef, tx, schedule, info):
     import ml_collections
-    from data_pipelines.pipeline import normalize_on_device
     g = ml_collections.ConfigDict(config.grpo.to_dict())
     g.total_steps = config.train.num_steps
     mae_graphdef = info["videomae_graphdef"]
@@ -259,7 +258,6 @@ class VideoMAETraining:
 
   @classmethod
   def make_step(cls, config, graphdef, tx, schedule, info):
-    from data_pipelines.pipeline import normalize_on_device
     inner = judge_train.make_train_step(cls.train_config(config), graphdef, tx)
 
     def step(state, batch, rng, frozen):
