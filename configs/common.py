@@ -1,7 +1,7 @@
 """Shared config blocks and the `file.py:key=val,...` argument parser (big_vision style).
 
 Configs import only ml_collections and this module. Every number of a run lives in its config;
-`validate` (autogaze_jax/trainer.py) checks it before anything is compiled.
+`validate` (autogaze_jax/train/loop.py) checks it before anything is compiled.
 """
 from __future__ import annotations
 

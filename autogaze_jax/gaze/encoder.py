@@ -1,6 +1,6 @@
 """Shallow causal video conv net + connector (official `ShallowVideoConvNet`, `Connector`; spec section 3).
 
-Layouts (Flax convention; `interop/hf.py` converts from torch):
+Layouts (Flax convention; `interop/gaze.py` converts from torch):
   temporal_conv.kernel (kt, k, k, 3, hidden)   stem: a per-frame 16x16 patchify-linear
   norm.{scale,bias} (hidden,)                   LayerNorm eps 1e-5 over channels
   blocks[i].kernel (kt, ks, ks, hidden, hidden) causal trunk conv (front pad kt-1 zero frames) + ReLU

@@ -18,7 +18,7 @@ embeddings), so each clip's gaze is packed as
 with per-clip slot counts (the padding counted in frame t, later frames 0 slots) and frame t the only
 reconstructed frame. N is the batch's longest set rounded up to `slot_bucket`, so the encoder sees at
 most `slot_bucket - 1` wasted slots and each distinct N compiles once (about T*k_t/slot_bucket programs
-per run). `tests/test_greedy.py` checks the packed layout against the natural one.
+per run). `tests/labels/test_greedy.py` checks the packed layout against the natural one.
 
 Variants (`GreedyConfig`; each changes the labels slightly, the variant name goes in the side file):
   candidates="all"             exact greedy: all 265 ids, chosen ones masked.

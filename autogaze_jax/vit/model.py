@@ -34,7 +34,7 @@ scores against keys of frames <= t (about half the attention FLOPs of a dense ma
 
 The plain (full-token) ViT is `plain_forward`: the same params on whole frames via a strided
 convolution (no gather, no table resize); it equals the gazed ViT with every finest-scale patch
-kept (tests/test_gazed_vit.py). With T = 1 it is the stock SigLIP image encoder.
+kept (tests/vit/test_gazed_vit.py). With T = 1 it is the stock SigLIP image encoder.
 
 Params are NNX modules whose paths mirror the HF names (see interop/siglip.py); all math is pure
 functions of `(graphdef, params, arrays)` under `jax.jit`.

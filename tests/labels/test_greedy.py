@@ -1,4 +1,4 @@
-"""Greedy gaze-label search (autogaze_jax/greedy.py).
+"""Greedy gaze-label search (autogaze_jax/labels/greedy.py).
 
 Most search tests use a *mini* VideoMAE (64x64 frames, scales 16/32/64 -> 21 ids per frame) on
 embedded-dataset clips downsampled to 64x64, so exact greedy over every candidate stays cheap on 2 CPU

@@ -1,4 +1,4 @@
-"""Gazed ViT (autogaze_jax/models/gazed_vit.py).
+"""Gazed ViT (autogaze_jax/vit/model.py, vit/pipeline.py).
 
 No SigLIP fixture from the official code exists here (no torch), so the official behaviour is pinned
 by an independent numpy transcription of SIG (`modeling_siglip.py`: per-scale resize + unfold,
