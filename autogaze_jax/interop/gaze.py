@@ -8,7 +8,6 @@ The name/layout table is built from the config, so non-default sizes (the tiny f
 from __future__ import annotations
 
 import functools
-import json
 import os
 from typing import Callable
 
@@ -17,14 +16,10 @@ import numpy as np
 from autogaze_jax.gaze.config import GazeConfig
 from autogaze_jax.gaze.functional import abstract_params
 from autogaze_jax.gaze.preprocess import PREPROCESSOR_NAME, default_preprocessor_config
+from autogaze_jax.interop.common import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, read_json_config,  # noqa: F401
+                                        read_safetensors, write_json, write_safetensors)
 
 PREFIX = "gazing_model."
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
-SAFETENSORS_METADATA = {"format": "pt"}  # the only value (besides none) the official loader accepts as-is
-
-
-class CheckpointError(ValueError):
-  """A checkpoint that cannot be read as an AutoGaze checkpoint; the message names the problem."""
 
 
 # torch <-> flax layout converters: (to_ours, to_torch)
@@ -67,20 +62,6 @@ def read_config(ckpt_dir: str) -> GazeConfig:
   if not os.path.isdir(ckpt_dir):
     raise CheckpointError(f"checkpoint directory {ckpt_dir!r} does not exist")
   return read_json_config(os.path.join(ckpt_dir, CONFIG_NAME), GazeConfig.from_official_dict)
-
-
-def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict]:
-  """All tensors (numpy) and the metadata of a safetensors file, with clear errors."""
-  from safetensors import SafetensorError, safe_open
-  if not os.path.isfile(path):
-    raise CheckpointError(f"missing weights file {path}")
-  try:
-    with safe_open(path, "np") as f:
-      meta = f.metadata() or {}
-      return {k: f.get_tensor(k) for k in f.keys()}, meta
-  except (SafetensorError, OSError, ValueError) as e:
-    size = os.path.getsize(path)
-    raise CheckpointError(f"cannot read {path} ({size} bytes) as safetensors (truncated or corrupt?): {e}") from None
 
 
 def official_to_params(cfg: GazeConfig, tensors: dict[str, np.ndarray]) -> dict:
@@ -139,31 +120,9 @@ def _abstract_torch_shapes(cfg: GazeConfig) -> dict:
   return torch_shapes(name_table(cfg), abstract_params(cfg)[1].to_pure_dict())
 
 
-def read_json_config(path: str, parse, what: str = "checkpoint"):
-  """`parse(dict)` of a JSON config file, with CheckpointError naming the file on any problem."""
-  if not os.path.isfile(path):
-    raise CheckpointError(f"{what} {os.path.dirname(path) or '.'!r} has no {os.path.basename(path)}")
-  try:
-    with open(path) as f:
-      d = json.load(f)
-  except json.JSONDecodeError as e:
-    raise CheckpointError(f"{path} is not valid JSON: {e}") from None
-  try:
-    return parse(d)
-  except (ValueError, TypeError) as e:
-    raise CheckpointError(f"{path}: {e}") from None
-
-
 def write_checkpoint(ckpt_dir: str, cfg: GazeConfig, params: dict, preprocessor: dict | None = None):
   """Write config.json + model.safetensors (+ preprocessor_config.json) as `save_pretrained` does."""
-  from safetensors.numpy import save_file
   os.makedirs(ckpt_dir, exist_ok=True)
-  with open(os.path.join(ckpt_dir, CONFIG_NAME), "w") as f:
-    json.dump(cfg.to_official_dict(), f, indent=2, sort_keys=True)
-    f.write("\n")
-  tmp = os.path.join(ckpt_dir, WEIGHTS_NAME + ".tmp")
-  save_file(params_to_official(cfg, params), tmp, metadata=dict(SAFETENSORS_METADATA))
-  os.replace(tmp, os.path.join(ckpt_dir, WEIGHTS_NAME))  # never leave a half-written weights file
-  with open(os.path.join(ckpt_dir, PREPROCESSOR_NAME), "w") as f:
-    json.dump(preprocessor or default_preprocessor_config(), f, indent=2, sort_keys=True)
-    f.write("\n")
+  write_json(os.path.join(ckpt_dir, CONFIG_NAME), cfg.to_official_dict())
+  write_safetensors(os.path.join(ckpt_dir, WEIGHTS_NAME), params_to_official(cfg, params))
+  write_json(os.path.join(ckpt_dir, PREPROCESSOR_NAME), preprocessor or default_preprocessor_config())

@@ -16,7 +16,6 @@ naming them. Non-float32 tensors are upcast to float32 (bf16 releases load fine)
 """
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -24,10 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from autogaze_jax.vit.model import GazedViTConfig, abstract_params
-from autogaze_jax.interop.gaze import CheckpointError, read_json_config, read_safetensors
+from autogaze_jax.interop.common import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, read_json_config, read_safetensors,
+                                        write_json, write_safetensors)
 
 MARK = "vision_model."
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 _IDENT = (lambda a: a, lambda a: a)
 _LINEAR = (lambda a: a.T, lambda a: a.T)                                   # (out,in) <-> (in,out)
@@ -199,11 +198,6 @@ def save(path: str, cfg, params):
     return
   if not path.endswith(".safetensors"):
     os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, CONFIG_NAME), "w") as f:
-      json.dump(cfg.to_hf_dict(), f, indent=2, sort_keys=True)
-      f.write("\n")
+    write_json(os.path.join(path, CONFIG_NAME), cfg.to_hf_dict())
     path = os.path.join(path, WEIGHTS_NAME)
-  from safetensors.numpy import save_file
-  tmp = path + ".tmp"
-  save_file(tensors, tmp, metadata={"format": "pt"})
-  os.replace(tmp, path)
+  write_safetensors(path, tensors)

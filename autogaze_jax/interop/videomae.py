@@ -10,18 +10,18 @@ would load nothing on a prefix mismatch). Export writes the same names and torch
 """
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autogaze_jax.interop.gaze import CheckpointError, read_json_config, read_safetensors, torch_shapes
+from autogaze_jax.interop.common import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, read_json_config, read_safetensors,
+                                        write_json, write_safetensors)
+from autogaze_jax.interop.gaze import torch_shapes
 from autogaze_jax.judge.config import VideoMAEConfig
 from autogaze_jax.judge.model import abstract_params
 
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 STRIP_PREFIXES = ("module.", "mae.")
 PERCEPTUAL_PREFIXES = ("dinov2_reg.", "siglip2.")
 
@@ -155,13 +155,8 @@ def load_checkpoint(ckpt_dir: str, cfg: VideoMAEConfig | None = None, weights: s
 
 def save_checkpoint(ckpt_dir: str, cfg: VideoMAEConfig, params, perceptual: dict | None = None):
   """Write config.json + model.safetensors (official names, `{"format": "pt"}`), atomically."""
-  from safetensors.numpy import save_file
   os.makedirs(ckpt_dir, exist_ok=True)
-  with open(os.path.join(ckpt_dir, CONFIG_NAME), "w") as f:
-    json.dump(cfg.to_official_dict(), f, indent=2, sort_keys=True)
-    f.write("\n")
+  write_json(os.path.join(ckpt_dir, CONFIG_NAME), cfg.to_official_dict())
   tensors = params_to_official(cfg, params)
-  tensors.update({k: np.ascontiguousarray(v) for k, v in (perceptual or {}).items()})
-  tmp = os.path.join(ckpt_dir, WEIGHTS_NAME + ".tmp")
-  save_file(tensors, tmp, metadata={"format": "pt"})
-  os.replace(tmp, os.path.join(ckpt_dir, WEIGHTS_NAME))
+  tensors.update(perceptual or {})
+  write_safetensors(os.path.join(ckpt_dir, WEIGHTS_NAME), tensors)

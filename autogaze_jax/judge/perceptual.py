@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autogaze_jax.interop.gaze import CheckpointError, read_safetensors
+from autogaze_jax.interop.common import CheckpointError, read_safetensors
 from autogaze_jax.core.layers import attend, dense, layer_norm
 from autogaze_jax.gaze.preprocess import IMAGENET_MEAN as TASK_MEAN, IMAGENET_STD as TASK_STD  # the vit-mae preprocessor's
 

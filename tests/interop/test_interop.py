@@ -9,7 +9,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from autogaze_jax import AutoGaze
-from autogaze_jax.interop.gaze import CheckpointError
+from autogaze_jax.interop.common import CheckpointError
 from tests.conftest import FIXTURES
 
 TINY = os.path.join(FIXTURES, "gaze_tiny")

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import FIXTURES
 from autogaze_jax.judge import perceptual as pc
-from autogaze_jax.interop.gaze import CheckpointError, read_safetensors
+from autogaze_jax.interop.common import CheckpointError, read_safetensors
 from autogaze_jax.interop.videomae import load_checkpoint, official_to_params, save_checkpoint
 from autogaze_jax.judge.losses import frame_losses, reconstruction_task
 from autogaze_jax.judge.model import check_gaze_inputs, init_params

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from autogaze_jax.interop import siglip as io
-from autogaze_jax.interop.gaze import CheckpointError
+from autogaze_jax.interop.common import CheckpointError
 from autogaze_jax.vit import model as gv
 from autogaze_jax.vit import pipeline as vp
 from tests.conftest import FIXTURES
