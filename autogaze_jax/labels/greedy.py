@@ -640,7 +640,7 @@ def load_videomae(checkpoint: str = "", size: str = "tiny", dtype: str = "float3
   are used when present). Empty: size "tiny" = the random-weight test fixture, "default" = a random
   init; both log a warning because labels from random weights only exercise the plumbing.
   """
-  fixture = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures",
+  fixture = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tests", "fixtures",
                          "videomae_tiny")
   if not checkpoint and size == "tiny":
     log.warning("no --config.videomae.checkpoint: using the random-weight tiny test fixture %s; these labels "
