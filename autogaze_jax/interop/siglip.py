@@ -23,50 +23,44 @@ import jax.numpy as jnp
 import numpy as np
 
 from autogaze_jax.vit.model import GazedViTConfig, abstract_params
-from autogaze_jax.interop.common import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, read_json_config, read_safetensors,
-                                        write_json, write_safetensors)
+from autogaze_jax.interop.common import (CONFIG_NAME, IDENT, LINEAR, WEIGHTS_NAME, CheckpointError, Row,
+                                        conv2d_oihw_unfolded, layernorm_rows, params_to_tensors, read_json_config,
+                                        read_safetensors, tensors_to_params, weight_bias_rows, write_json,
+                                        write_safetensors)
 
 MARK = "vision_model."
 
-_IDENT = (lambda a: a, lambda a: a)
-_LINEAR = (lambda a: a.T, lambda a: a.T)                                   # (out,in) <-> (in,out)
-# conv (D, C, p, p) <-> (C*p*p, D), rows in (c, ky, kx) order, as F.unfold / patches.multiscale_patches
-_CONV = (lambda a: a.reshape(a.shape[0], -1).T, None)
 
-
-def _linear_rows(hf: str, ours: tuple) -> list:
-  return [(f"{hf}.weight", ours + ("kernel",), _LINEAR), (f"{hf}.bias", ours + ("bias",), _IDENT)]
-
-
-def _ln_rows(hf: str, ours: tuple) -> list:
-  return [(f"{hf}.weight", ours + ("scale",), _IDENT), (f"{hf}.bias", ours + ("bias",), _IDENT)]
-
-
-def name_table(cfg) -> list:
+def name_table(cfg) -> list[Row]:
   """[(HF name without the `vision_model.` prefix, our param path, (to_ours, to_torch))]."""
-  rows = [("embeddings.patch_embedding.weight", ("embeddings", "patch_embedding", "kernel"), _CONV),
-          ("embeddings.patch_embedding.bias", ("embeddings", "patch_embedding", "bias"), _IDENT),
-          ("embeddings.position_embedding.weight", ("embeddings", "position_embedding"), _IDENT)]
+  # Our patch kernel is the conv flattened in (c, ky, kx) order, as F.unfold / patches.multiscale_patches.
+  rows = weight_bias_rows("embeddings.patch_embedding", ("embeddings", "patch_embedding"),
+                          conv2d_oihw_unfolded(cfg.num_channels, cfg.patch_size))
+  rows.append(("embeddings.position_embedding.weight", ("embeddings", "position_embedding"), IDENT))
   for i in range(cfg.num_hidden_layers):
     hf, me = f"encoder.layers.{i}.", ("layers", i)
     for p in ("q_proj", "k_proj", "v_proj", "out_proj"):
-      rows += _linear_rows(hf + f"self_attn.{p}", me + ("self_attn", p))
-    rows += _ln_rows(hf + "layer_norm1", me + ("layer_norm1",)) + _ln_rows(hf + "layer_norm2", me + ("layer_norm2",))
-    rows += _linear_rows(hf + "mlp.fc1", me + ("mlp", "fc1")) + _linear_rows(hf + "mlp.fc2", me + ("mlp", "fc2"))
-  rows += _ln_rows("post_layernorm", ("post_layernorm",))
+      rows += weight_bias_rows(hf + f"self_attn.{p}", me + ("self_attn", p))
+    for ln in ("layer_norm1", "layer_norm2"):
+      rows += layernorm_rows(hf + ln, me + (ln,))
+    for fc in ("fc1", "fc2"):
+      rows += weight_bias_rows(hf + f"mlp.{fc}", me + ("mlp", fc))
+  rows += layernorm_rows("post_layernorm", ("post_layernorm",))
   if cfg.use_head:
     h = ("head",)
-    rows += [("head.probe", h + ("probe",), _IDENT),
-             ("head.attention.in_proj_weight", h + ("attention", "in_proj", "kernel"), _LINEAR),
-             ("head.attention.in_proj_bias", h + ("attention", "in_proj", "bias"), _IDENT)]
-    rows += _linear_rows("head.attention.out_proj", h + ("attention", "out_proj"))
-    rows += _ln_rows("head.layernorm", h + ("layernorm",))
-    rows += _linear_rows("head.mlp.fc1", h + ("mlp", "fc1")) + _linear_rows("head.mlp.fc2", h + ("mlp", "fc2"))
+    rows += [("head.probe", h + ("probe",), IDENT),
+             ("head.attention.in_proj_weight", h + ("attention", "in_proj", "kernel"), LINEAR),
+             ("head.attention.in_proj_bias", h + ("attention", "in_proj", "bias"), IDENT)]
+    rows += weight_bias_rows("head.attention.out_proj", h + ("attention", "out_proj"))
+    rows += layernorm_rows("head.layernorm", h + ("layernorm",))
+    for fc in ("fc1", "fc2"):
+      rows += weight_bias_rows(f"head.mlp.{fc}", h + ("mlp", fc))
   return rows
 
 
 def expected_shapes(cfg) -> dict:
-  """{HF name (no prefix): torch shape} for `cfg`."""
+  """{HF name (no prefix): torch shape} for `cfg`, from the config alone: the abstract model is not
+  free here (its init draws the random weights in numpy)."""
   d, f, c, p = cfg.hidden_size, cfg.intermediate_size, cfg.num_channels, cfg.patch_size
   out = {}
   for name, _, _ in name_table(cfg):
@@ -124,47 +118,21 @@ def split_vision(tensors: dict) -> tuple[dict, list[str]]:
 def hf_to_params(cfg, tensors: dict) -> tuple[dict, list[str]]:
   """HF state dict (numpy) -> (nested pure dict of our params, ignored tensor names)."""
   vision, ignored = split_vision(tensors)
-  table = name_table(cfg)
-  expected = {n for n, _, _ in table}
-  missing = sorted(expected - set(vision))
-  unknown = sorted(set(vision) - expected)
-  if missing or unknown:
-    hint = " (set use_head=False for a checkpoint without the pooling head)" if any(
-        m.startswith("head.") for m in missing) else ""
-    raise CheckpointError(f"SigLIP vision tensors do not match the config: missing "
-                          f"{[MARK + m for m in missing]}, unexpected {[MARK + u for u in unknown]}{hint}")
-  shapes = expected_shapes(cfg)
-  out: dict = {}
-  for name, path, (to_ours, _) in table:
-    arr = np.asarray(vision[name])
-    if tuple(arr.shape) != shapes[name]:
-      raise CheckpointError(f"tensor {MARK}{name} has shape {tuple(arr.shape)}, the config expects {shapes[name]}")
-    if not np.issubdtype(arr.dtype, np.floating) and arr.dtype.name != "bfloat16":
-      raise CheckpointError(f"tensor {MARK}{name} has dtype {arr.dtype}, expected a float type")
-    node = out
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = np.ascontiguousarray(to_ours(arr.astype(np.float32)))
-  return out, ignored
+  table, by_name = name_table(cfg), expected_shapes(cfg)
+  params = tensors_to_params(table, vision, {path: by_name[name] for name, path, _ in table}, what="SigLIP vision",
+                             prefix=MARK, any_float=True, hint=_head_hint)
+  return params, ignored
+
+
+def _head_hint(missing: list[str]) -> str:
+  """Headless SigLIP exports are common; say which switch loads them."""
+  return (" (set use_head=False for a checkpoint without the pooling head)"
+          if any(m.startswith("head.") for m in missing) else "")
 
 
 def params_to_hf(cfg, params, prefix: str = MARK) -> dict[str, np.ndarray]:
   """Our params (nnx.State or pure dict) -> HF state dict (torch layouts, float32)."""
-  if not isinstance(params, dict):
-    params = params.to_pure_dict()
-  out = {}
-  c, p = cfg.num_channels, cfg.patch_size
-  for name, path, (_, to_torch) in name_table(cfg):
-    node = params
-    for k in path:
-      node = node[k]
-    a = np.asarray(node, np.float32)
-    if name == "embeddings.patch_embedding.weight":
-      a = a.T.reshape(cfg.hidden_size, c, p, p)
-    else:
-      a = to_torch(a)
-    out[prefix + name] = np.ascontiguousarray(a)
-  return out
+  return params_to_tensors(name_table(cfg), params, prefix)
 
 
 def read_config(path: str, **overrides):

@@ -3,13 +3,15 @@ import json
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from autogaze_jax import AutoGaze
-from autogaze_jax.interop.common import CheckpointError
+from autogaze_jax.interop.common import (CONV2D_OIHW, CheckpointError, layernorm_rows, params_to_tensors,
+                                        tensors_to_params, torch_shapes, weight_bias_rows)
 from tests.conftest import FIXTURES
 
 TINY = os.path.join(FIXTURES, "gaze_tiny")
@@ -42,7 +44,6 @@ def test_load_save_load_bit_exact(tmp_path):
 
 
 def jax_leaves(params):
-  import jax
   return [np.asarray(x) for x in jax.tree.leaves(params)]
 
 
@@ -132,3 +133,31 @@ def test_bad_config_value(tmp_path):
   json.dump(cfg, open(d / "config.json", "w"))
   with pytest.raises(CheckpointError, match="equal widths"):
     AutoGaze.from_pretrained(d)
+
+
+def test_engine_round_trip_and_errors():
+  """The shared table engine on a toy table: layouts both ways, and each kind of error it names."""
+  table = weight_bias_rows("conv", ("conv",), CONV2D_OIHW) + layernorm_rows("ln", ("ln",))
+  sds = lambda *shape: jax.ShapeDtypeStruct(shape, np.float32)  # noqa: E731
+  ours = {"conv": {"kernel": sds(3, 3, 2, 4), "bias": sds(4)}, "ln": {"scale": sds(4), "bias": sds(4)}}
+  shapes = torch_shapes(table, ours)
+  assert shapes[("conv", "kernel")] == (4, 2, 3, 3)
+  rng = np.random.default_rng(0)
+  theirs = {n: rng.normal(size=shapes[p]).astype(np.float32) for n, p, _ in table}
+  params = tensors_to_params(table, theirs, shapes, what="toy")
+  np.testing.assert_array_equal(params["conv"]["kernel"], theirs["conv.weight"].transpose(2, 3, 1, 0))
+  back = params_to_tensors(table, params, prefix="m.")
+  assert list(back) == ["m." + n for n, _, _ in table]
+  for n in theirs:
+    np.testing.assert_array_equal(back["m." + n], theirs[n])
+  with pytest.raises(CheckpointError, match=r"toy tensors .* missing \['m.ln.bias'\], unexpected \['m.x'\]!"):
+    tensors_to_params(table, {**{k: v for k, v in theirs.items() if k != "ln.bias"}, "x": theirs["ln.bias"]}, shapes,
+                      what="toy", prefix="m.", hint=lambda missing: "!" if missing == ["ln.bias"] else "")
+  with pytest.raises(CheckpointError, match=r"tensor ln.bias has shape \(5,\), the config expects \(4,\)"):
+    tensors_to_params(table, {**theirs, "ln.bias": np.zeros(5, np.float32)}, shapes, what="toy")
+  half = {**theirs, "ln.bias": theirs["ln.bias"].astype(np.float16)}
+  with pytest.raises(CheckpointError, match="ln.bias has dtype float16, expected float32"):
+    tensors_to_params(table, half, shapes, what="toy")
+  assert tensors_to_params(table, half, shapes, what="toy", any_float=True)["ln"]["bias"].dtype == np.float32
+  with pytest.raises(CheckpointError, match="ln.bias has dtype int32, expected a float type"):
+    tensors_to_params(table, {**theirs, "ln.bias": np.zeros(4, np.int32)}, shapes, what="toy", any_float=True)
