@@ -100,7 +100,8 @@ def main(argv=None):
   from autogaze_jax.interop.videomae import load_checkpoint
   from autogaze_jax.judge.model import init_params
   from autogaze_jax.judge.config import VideoMAEConfig
-  from data_pipelines.pipeline import make_source, normalize_on_device
+  from autogaze_jax.gaze.preprocess import normalize_on_device
+  from data_pipelines.pipeline import make_source
   import os
   fixture = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures", "videomae_tiny")
   _, tgd, tparams, _ = load_checkpoint(fixture)

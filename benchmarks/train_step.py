@@ -59,10 +59,11 @@ def bench_ntp(cfg, batch, slots, repeats, peak):
 
 def bench_grpo(cfg, batch, group, cap, repeats, peak):
   from autogaze_jax.train.grpo import make_train_step
-  from autogaze_jax.train.registry import videomae_size
+  from autogaze_jax.judge.load import judge_config
   from autogaze_jax.judge.model import init_params as mae_init
   graphdef, params = init_params(cfg, 0)
-  mg, mp = mae_init(videomae_size("small"), 0)
+  mg, mp = mae_init(judge_config("small"), 0)
+  frozen = {"videomae": mp, "perceptual": {}}
   tx = optax.sgd(5e-4)
   g = ml_collections.ConfigDict(dict(group_size=group, discount_factor=0.995, max_tokens_per_frame=cap,
                                      tokens_per_step=10, top_k=50, requirement_min=0.5, requirement_max=1.0,
@@ -71,8 +72,8 @@ def bench_grpo(cfg, batch, group, cap, repeats, peak):
   step = make_train_step(graphdef, mg, tx, cfg=g)
   state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
   video = jnp.asarray(np.random.default_rng(0).normal(size=(batch, 16, 3, 224, 224)).astype(np.float32))
-  c, compile_s, mem = _compile(step, state, {"video": video}, jax.random.key(0), mp)
-  t = common.time_fn(lambda: c(state, {"video": video}, jax.random.key(0), mp), repeats=repeats)
+  c, compile_s, mem = _compile(step, state, {"video": video}, jax.random.key(0), frozen)
+  t = common.time_fn(lambda: c(state, {"video": video}, jax.random.key(0), frozen), repeats=repeats)
   return {"step": "grpo", "batch_videos": batch, "group": group, "rollouts": batch * group, "cap_per_frame": cap,
           "judge": "small VideoMAE (random)", "compile_s": compile_s, **t, "peak_memory_gib": mem,
           "official_s": None, "note": "no official GRPO timing exists in official_cpu.json"}

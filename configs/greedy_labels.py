@@ -13,7 +13,7 @@ Defaults: tau 0.5, budget 198, min_tokens 1. Variant `default` = stochastic gree
 64 random candidates and 4 patches per round (exact losses recorded for every prefix): the cheap setting
 meant for 250K clips; `exact`, `random` (k=1), `c2f` (coarse-to-fine) and `chunked` (all candidates,
 k=4) are the others (`benchmarks/greedy.py` and `greedy.variant_report` compare them).
-  smoke      tiny random-weight VideoMAE fixture, 4 embedded clips, 2 frames, budget 3 (plumbing only).
+  smoke      tiny random-init VideoMAE, 4 embedded clips, 2 frames, budget 3 (plumbing only).
 """
 from configs import common
 
@@ -34,8 +34,8 @@ def get_config(arg=None):
   c = common.mlc.ConfigDict()
   c.mesh = common.mesh_config()
   c.videomae = common.mlc.ConfigDict({
-      "checkpoint": "",          # official-format dir; '' = tiny fixture (size tiny) / random init (default)
-      "size": "tiny" if a.smoke else "default",
+      "checkpoint": "",          # official-format dir; '' = a random init of `size` (plumbing only, warned)
+      "size": "tiny" if a.smoke else "default",   # tiny | small | default (judge.load.SIZES)
       "dtype": "float32",        # compute dtype of the judge (recorded in greedy_meta.json)
       "seed": 0,
   })

@@ -1,15 +1,15 @@
 """grain input pipeline: per-host shard -> seeded shuffle (reshuffled each epoch) -> repeat ->
-optional augmentation/views -> batch + label collation -> worker processes -> device placement.
+optional augmentation/views -> batch + label collation -> worker processes.
 
     source = sources.VideoFolderSource(root, "train", labels=labels_path)   # or ArrayRecordSource
     it = make_iterator(source, global_batch_size=32, seed=cfg.seed, num_workers=2,
                        labels="fixed", max_tokens_per_frame=K)
     batch = next(it)                      # numpy, this host's B = global_batch_size / process_count
-    batch = to_global(batch, data_sharding)   # jax.Arrays sharded over the mesh's data axis
+    batch = autogaze_jax.core.sharding.shard_batch(batch, mesh)   # the trainer places it on the mesh
     ckpt: it.get_state() / it.set_state(...)   (orbax: grain.checkpoint.CheckpointSave(it))
 
 Batch (this host's B clips):
-  frames          uint8   (B, 16, 224, 224, 3)  normalise late (`normalize_on_device` or `views=True`)
+  frames          uint8   (B, 16, 224, 224, 3)  normalise late (`gaze.preprocess.normalize_on_device` or `views=True`)
   video_path      str     (B,)                   relative keys (host only, never sent to devices)
   data_stats      int32   (B, len(STAT_KEYS))    repairs/skips behind each item (summed in `stats()`)
   video, video_for_task  float32 (B, 16, 3, 224, 224)   only with `views=True`
@@ -32,7 +32,6 @@ from typing import Any, Mapping, Sequence
 import grain
 import numpy as np
 
-from autogaze_jax.gaze.preprocess import normalize_on_device  # noqa: F401  (re-exported: the step's late normalisation)
 from data_pipelines import labels as labels_lib
 from data_pipelines import ops
 from data_pipelines import sources, synthetic
@@ -172,8 +171,8 @@ class DataIterator:
   (one file per host) next to the train state.
   """
 
-  def __init__(self, dataset: grain.IterDataset, sharding=None):
-    self._ds, self._sharding = dataset, sharding
+  def __init__(self, dataset: grain.IterDataset):
+    self._ds = dataset
     self._it = iter(dataset)
     self._counts = np.zeros((len(ops.STAT_KEYS),), np.int64)
     self.batches = 0
@@ -185,7 +184,7 @@ class DataIterator:
     b = next(self._it)
     self._counts += b["data_stats"].sum(0)
     self.batches += 1
-    return to_global(b, self._sharding) if self._sharding is not None else b
+    return b
 
   def get_state(self) -> bytes:
     return json.dumps({"grain": self._it.get_state(), "batches": self.batches,
@@ -214,23 +213,9 @@ class DataIterator:
     return s
 
 
-def make_iterator(source, *, sharding=None, **kwargs) -> DataIterator:
-  """`DataIterator(make_dataset(source, **kwargs), sharding)`."""
-  return DataIterator(make_dataset(source, **kwargs), sharding)
-
-
-def to_global(batch: Mapping[str, np.ndarray], sharding) -> dict:
-  """Host batch -> global jax.Arrays with `jax.make_array_from_process_local_data` (leading dim =
-  this host's slice of the global batch). Strings (`video_path`) stay numpy on the host, and so does
-  `num_gazing_each_frame` (no batch dim; use it as a static shape)."""
-  import jax
-  out = {}
-  for k, v in batch.items():
-    if v.dtype.kind in "OUS" or k == "num_gazing_each_frame":
-      out[k] = v
-    else:
-      out[k] = jax.make_array_from_process_local_data(sharding, v)
-  return out
+def make_iterator(source, **kwargs) -> DataIterator:
+  """`DataIterator(make_dataset(source, **kwargs))`."""
+  return DataIterator(make_dataset(source, **kwargs))
 
 
 SOURCES = ("synthetic", "folder", "arrayrecord")

@@ -21,8 +21,10 @@ def export(workdir: str, out: str, step: int | None = None) -> str:
   import jax
   import ml_collections
   import orbax.checkpoint as ocp
-  from autogaze_jax.train.registry import export_gaze, gaze_config
-  from autogaze_jax.gaze.functional import abstract_params
+  from autogaze_jax import AutoGaze
+  from autogaze_jax.gaze.functional import params_from_pure_dict
+  from autogaze_jax.interop.gaze import read_config
+  from autogaze_jax.train.algorithm import gaze_config
   cfg_path = os.path.join(workdir, "config.json")
   if not os.path.isfile(cfg_path):
     raise SystemExit(f"error: {workdir} has no config.json (not a launch.train workdir)")
@@ -33,18 +35,11 @@ def export(workdir: str, out: str, step: int | None = None) -> str:
   step = step if step is not None else mngr.latest_step()
   if step is None:
     raise SystemExit(f"error: no checkpoint in {workdir}/checkpoints")
-  if config.model.init:  # the architecture of the init checkpoint
-    from autogaze_jax.interop.gaze import read_config
-    gcfg = read_config(config.model.init)
-  else:
-    gcfg = gaze_config(config)
-  graphdef, abstract = abstract_params(gcfg)
+  gcfg = read_config(config.model.init) if config.model.init else gaze_config(config)  # the run's architecture
   restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))["state"]
   params = restored["params"] if isinstance(restored, dict) else restored.params
-  from autogaze_jax.gaze.functional import params_from_pure_dict
-  pure = jax.tree.map(lambda x: x, params)
-  _, state = params_from_pure_dict(gcfg, _strip_values(pure))
-  export_gaze(graphdef, state, os.path.dirname(os.path.abspath(out)) or ".", os.path.basename(os.path.abspath(out)))
+  _, state = params_from_pure_dict(gcfg, _strip_values(jax.tree.map(lambda x: x, params)))
+  AutoGaze(gcfg, state).save_pretrained(out)
   mngr.close()
   return out
 

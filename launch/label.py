@@ -26,9 +26,9 @@ def main(argv):
   init_runtime(_DIST.value)
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError("--config and --workdir are required (see --help)")
-  from autogaze_jax.labels import greedy
+  from launch.wiring import label
   try:
-    summary = greedy.run(_CONFIG.value, _WORKDIR.value)
+    summary = label(_CONFIG.value, _WORKDIR.value)
   except ValueError as e:
     raise app.UsageError(str(e))
   if summary is not None:

@@ -54,13 +54,13 @@ def _sizes(scale: str) -> dict:
 
 def _train(cfg, workdir):
   """Run one training stage in `workdir` (its basename is the stage name) unless it already exported."""
-  from autogaze_jax.train import loop as trainer
+  from launch.wiring import train
   stage = os.path.basename(os.path.normpath(workdir))
   if os.path.exists(os.path.join(workdir, "export", "config.json")):
     logging.info("skip stage %s: %s/export exists", stage, workdir)
     return
   t0 = time.perf_counter()
-  trainer.run(cfg, workdir)
+  train(cfg, workdir)
   logging.info("stage %s done in %.0fs", stage, time.perf_counter() - t0)
 
 
@@ -88,7 +88,8 @@ def run(workdir: str, scale: str = "smoke", threshold: float | None = None, eval
   # 2. greedy labels
   labels = os.path.join(d("labels"), "gazing_labels.json")
   if not os.path.exists(labels):
-    from autogaze_jax.labels.greedy import GreedyConfig, label_embedded
+    from autogaze_jax.labels.greedy import GreedyConfig
+    from launch.wiring import label_embedded
     t0 = time.perf_counter()
     # cheap variant (random candidate subsets, several patches per round): exact greedy is ~100x slower
     gcfg = GreedyConfig(tau=0.0, budget=s["label_budget"], candidates="random", num_candidates=s["cands"],

@@ -28,12 +28,13 @@ def main(argv):
   del argv
   from launch.runtime import init_runtime
   init_runtime(_DIST.value, _COORD.value, _NPROC.value, _PID.value)
-  from autogaze_jax.train import loop as trainer
+  from autogaze_jax.train.state import ConfigError
+  from launch.wiring import train
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError("--config and --workdir are required (see --help)")
   try:
-    result = trainer.run(_CONFIG.value, _WORKDIR.value, stop_after=_STOP.value)
-  except trainer.ConfigError as e:
+    result = train(_CONFIG.value, _WORKDIR.value, stop_after=_STOP.value)
+  except ConfigError as e:
     raise app.UsageError(str(e))
   logging.info("done: %s", result)
 

@@ -14,8 +14,8 @@ API
   shard_params(params, mesh, rules=DEFAULT_RULES) -> params placed with `jax.device_put`.
   batch_sharding(mesh, ndim, axes=("data",)) -> NamedSharding splitting axis 0 over `axes` (pass
       ("data", "fsdp") to also split activations over the FSDP axis, as maxtext does).
-  shard_batch(batch, mesh, axes=("data",)) -> pytree with every array's leading axis sharded by
-      `batch_sharding`; 0-d arrays and arrays whose leading axis does not divide are replicated.
+  shard_batch(batch, mesh, axes=("data",)) -> host-local rows (per process) -> global arrays with the
+      leading axis sharded by `batch_sharding`; 0-d arrays and non-dividing axes are replicated.
 """
 from __future__ import annotations
 
@@ -107,11 +107,24 @@ def batch_sharding(mesh: Mesh, ndim: int, axes=("data",)) -> NamedSharding:
 
 
 def shard_batch(batch, mesh: Mesh, axes=("data",)):
+  """Host-local batch -> global jax.Arrays with the leading axis split over `axes`: the one batch placer.
+
+  Each process passes its own rows (`jax.make_array_from_process_local_data`: the global batch is the
+  concatenation over processes), so the same call serves one CPU and a pod. 0-d arrays and arrays whose
+  global leading axis does not divide are replicated; strings stay numpy on the host; jax.Arrays that
+  are already global are re-placed with `jax.device_put`.
+  """
   n = int(np.prod([mesh.shape[a] for a in axes]))
+  procs = jax.process_count()
 
   def put(x):
-    x = np.asarray(x) if not isinstance(x, jax.Array) else x
-    if x.ndim == 0 or x.shape[0] % n:
+    if isinstance(x, jax.Array):
+      return jax.device_put(x, batch_sharding(mesh, x.ndim, axes) if x.ndim and x.shape[0] % n == 0
+                            else NamedSharding(mesh, P()))
+    x = np.asarray(x)
+    if x.dtype.kind in "OUS":
+      return x
+    if x.ndim == 0 or (x.shape[0] * procs) % n:
       return jax.device_put(x, NamedSharding(mesh, P()))
-    return jax.device_put(x, batch_sharding(mesh, x.ndim, axes))
+    return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim, axes), x)
   return jax.tree.map(put, batch)

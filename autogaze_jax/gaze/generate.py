@@ -20,7 +20,7 @@ import numpy as np
 
 from autogaze_jax.core.patches import ScaleLayout, gazing_masks
 from autogaze_jax.gaze.functional import check_pixel_values, teacher_forced
-from autogaze_jax.gaze.rollout import RolloutSpec, budgets_from_ratio, rollout
+from autogaze_jax.gaze.rollout import RolloutSpec, budgets_from_ratio, frame_slots, rollout
 
 
 def check_ratio(gazing_ratio, frames: int) -> np.ndarray:
@@ -93,20 +93,16 @@ def generate(model, pixel_values, gazing_ratio=None, task_loss_requirement=None,
 
 
 def compact(tokens: np.ndarray, length: np.ndarray, vocab_per_frame: int) -> dict:
-  """Fixed-capacity per-frame tokens (B, T, C) + lengths (B, T) -> the official variable-length layout.
-
-  Frame t keeps max_b length[b, t] slots (the batch-shared count); slots past a sample's own
-  length are EOS pads; global id = local + V*t, so pads hold V*(t+1) as the official generate.
-  """
-  b, t, _ = tokens.shape
-  eos = vocab_per_frame
-  n_t = length.max(axis=0)
-  parts = [np.where(np.arange(n)[None] < length[:, i:i + 1], tokens[:, i, :n], eos) for i, n in enumerate(n_t)]
-  local = np.concatenate(parts, axis=1).astype(np.int64)
+  """Fixed-capacity per-frame tokens (B, T, C) + lengths (B, T) -> the official variable-length layout:
+  frame t keeps max_b length[b, t] slots (the batch-shared count) of `rollout.frame_slots`."""
+  t = tokens.shape[1]
+  gp, pad = (np.asarray(a) for a in frame_slots(jnp.asarray(tokens), jnp.asarray(length), vocab_per_frame))
+  n_t = np.asarray(length).max(axis=0)
   frame = np.repeat(np.arange(t), n_t)
-  padded = local == eos
-  return {"gazing_pos": local + vocab_per_frame * frame[None], "if_padded_gazing": padded,
-          "num_gazing_each_frame": n_t.astype(np.int64), "sample_num_gazing_each_frame": length.astype(np.int64),
+  padded = np.concatenate([pad[:, i, :n] for i, n in enumerate(n_t)], axis=1)
+  return {"gazing_pos": np.concatenate([gp[:, i, :n] for i, n in enumerate(n_t)], axis=1).astype(np.int64),
+          "if_padded_gazing": padded,
+          "num_gazing_each_frame": n_t.astype(np.int64), "sample_num_gazing_each_frame": np.asarray(length).astype(np.int64),
           "num_real_gazing_each_frame": np.stack([(~padded[:, frame == i]).sum(1) for i in range(t)], 1)}
 
 

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from autogaze_jax.gaze.config import GazeConfig
 from autogaze_jax.gaze.decoder import cache_slots
 
 NEG_INF = -jnp.inf
@@ -44,7 +45,7 @@ class RolloutSpec:
   """Static shape/behaviour knobs of a compiled rollout (hashable)."""
   capacity: int                 # max gaze tokens per frame (>= every budget)
   tokens_per_step: int = 10     # k <= num_multi_token_pred
-  max_frames: int = 16          # cache sized for this many frames
+  max_frames: int = GazeConfig.max_num_frames   # cache sized for this many frames
   coupled: bool = False         # official batch coupling (see module doc)
   sample: bool = False          # sampling instead of greedy
   top_k: int = 50               # HF default warper when sampling (0 = off)
@@ -212,7 +213,21 @@ def frame_step(model, state: RolloutState, vis: jax.Array, budget: jax.Array, th
   return new_state, out
 
 
-def budgets_from_ratio(ratio, frames: int, vocab_per_frame: int = 265) -> np.ndarray:
+def frame_slots(tokens, length, vocab_per_frame: int):
+  """Fixed-capacity rollout tokens (R, T, C) + lengths (R, T) -> (global ids, padded), both (R, T, C).
+
+  Slots past a row's length hold EOS; EOS slots are padding; global id = local + V*t, so an EOS pad
+  holds V*(t+1) as the official generate writes it. GRPO teacher-forces these slots as they are;
+  `generate.compact` trims them to the official variable-length layout.
+  """
+  t, c = tokens.shape[1:]
+  eos = vocab_per_frame
+  local = jnp.where(jnp.arange(c)[None, None] < length[..., None], tokens, eos)
+  return local + vocab_per_frame * jnp.arange(t)[None, :, None], local == eos
+
+
+def budgets_from_ratio(ratio, frames: int,
+                       vocab_per_frame: int = GazeConfig.num_vision_tokens_each_frame) -> np.ndarray:
   """Official per-frame budgets: clamp(int(float32(ratio) * 265 in float32), min=1)."""
   r = np.broadcast_to(np.asarray(ratio, np.float32), (frames,))
   return np.maximum(1, (r * np.float32(vocab_per_frame)).astype(np.float32).astype(np.int64))

@@ -33,23 +33,15 @@ Variants (`GreedyConfig`; each changes the labels slightly, the variant name goe
                                improvement of more than `eps`.
 `variant_report` compares each variant's labels with exact greedy at equal patch counts.
 
-Dataset labelling (`label_dataset`, `run`, used by `launch/label.py`): per-host strided shard of the
-clips, per-host JSONL shard file appended one committed batch at a time (a kill loses at most the
-batch in flight, never writes a partial record, never labels a clip twice), merged into the official
-`gazing_labels.json` plus `greedy_meta.json` (tau, budget, variant, dtype, tau reached per frame).
+Labelling a dataset with this search (resumable shards, the threaded loop) is `labels/loop.py`.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
-import glob
-import json
-import logging
 import math
-import os
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import flax.struct
 import jax
@@ -58,19 +50,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from autogaze_jax.gaze.preprocess import normalize_on_device
 from autogaze_jax.judge.losses import reconstruction_task
-from autogaze_jax.core.sharding import make_mesh
-from autogaze_jax.evaluation.writers import Progress
-from autogaze_jax.interop.videomae import load_checkpoint, read_config
-from autogaze_jax.judge import perceptual as perc
-from autogaze_jax.judge.config import VideoMAEConfig
-from autogaze_jax.judge.model import init_params
-
-log = logging.getLogger(__name__)
 
 CANDIDATE_MODES = ("all", "random", "coarse_to_fine")
-LABELS_NAME, META_NAME, SHARD_DIR = "gazing_labels.json", "greedy_meta.json", "shards"
 LOSS_DECIMALS = 5          # losses as floats with 4-5 decimals
 _STEP_STRIDE = 1 << 12     # rng fold-in: t * stride + step (a frame never has 4096 steps)
 
@@ -80,7 +62,7 @@ _STEP_STRIDE = 1 << 12     # rng fold-in: t * stride + step (a frame never has 4
 class GreedyConfig:
   """Greedy search settings; frozen so it is a static jit argument."""
   tau: float = 0.5                 # stop a frame once its loss is <= tau ...
-  budget: int = 198                # ... or it has this many patches (0.75 of 265)
+  budget: int = 198                # ... or it has this many patches (the recipe's 0.75 of 265 ids)
   min_tokens: int = 1              # never stop before this many patches (>= 1: empty frames break NTP)
   candidates: str = "all"          # see CANDIDATE_MODES
   num_candidates: int = 64         # m of candidates="random"
@@ -97,11 +79,11 @@ class GreedyConfig:
       if not ok:
         raise ValueError(f"GreedyConfig.{field} = {getattr(self, field)!r}: expected {want}")
     need(self.candidates in CANDIDATE_MODES, "candidates", f"one of {CANDIDATE_MODES}")
-    need(1 <= self.budget <= 265, "budget", "in [1, 265]")
+    need(self.budget >= 1, "budget", ">= 1 (at most the judge's ids per frame, checked by GreedyLabeler)")
     need(1 <= self.min_tokens <= self.budget, "min_tokens", f"in [1, budget={self.budget}] (empty frames break NTP)")
     need(math.isfinite(self.tau), "tau", "a finite float")
-    need(1 <= self.num_candidates <= 265, "num_candidates", "in [1, 265]")
-    need(1 <= self.c2f_top <= 49, "c2f_top", "in [1, 49]")
+    need(self.num_candidates >= 1, "num_candidates", ">= 1")
+    need(self.c2f_top >= 1, "c2f_top", ">= 1")
     need(1 <= self.k_per_step <= self.budget, "k_per_step", f"in [1, budget={self.budget}]")
     need(self.patience >= 0, "patience", ">= 0")
     need(self.slot_bucket >= 1, "slot_bucket", ">= 1")
@@ -157,7 +139,7 @@ def _round_up(x: int, m: int) -> int:
   return -(-x // m) * m
 
 
-def pack_gaze(prefix_ids, plen, prefix_counts, t, set_ids, set_len, n_slots: int, tokens_per_frame: int = 265):
+def pack_candidate_set(prefix_ids, plen, prefix_counts, t, set_ids, set_len, n_slots: int, tokens_per_frame: int):
   """One clip, one own-frame set -> (gazing_pos (N,), if_padded (N,) bool, counts (T,)), N = n_slots.
 
   prefix_ids (L,): earlier frames' global ids packed frame by frame (first `plen` real);
@@ -194,7 +176,7 @@ def set_losses(graphdef, params, perceptual, video, prefix, t, set_ids, set_len,
 
   def per_clip(vid, pids, plen, pcnt, sids, slen):
     def per_set(ids, n):
-      gp, pad, counts = pack_gaze(pids, plen, pcnt, t, ids, n, n_slots, v)
+      gp, pad, counts = pack_candidate_set(pids, plen, pcnt, t, ids, n, n_slots, v)
       out = reconstruction_task(graphdef, params, vid[None], gp[None], pad[None], counts, r, perceptual)
       return out["loss_each_reconstruction_frame"][0, 0]
     if chunk and m > chunk:
@@ -361,6 +343,8 @@ class GreedyLabeler:
     self.evals = 0
     self.steps = 0
     v = self.cfg.tokens_per_frame
+    if gcfg.budget > v:
+      raise ValueError(f"GreedyConfig.budget = {gcfg.budget} > {v} tokens per frame")
     if gcfg.candidates == "random" and gcfg.num_candidates > v:
       raise ValueError(f"GreedyConfig.num_candidates = {gcfg.num_candidates} > {v} tokens per frame")
     if gcfg.candidates == "coarse_to_fine":
@@ -462,208 +446,6 @@ def variant_report(graphdef, params, video, variants: Mapping[str, GreedyConfig]
   return out
 
 
-# ---------------------------------------------------------------- dataset labelling (resumable)
-def shard_path(workdir: str, process_index: int, process_count: int) -> str:
-  return os.path.join(workdir, SHARD_DIR, f"labels-{process_index:05d}-of-{process_count:05d}.jsonl")
-
-
-def read_shard(path: str, truncate: bool = False) -> list[dict]:
-  """Committed records of a shard file. A batch counts only once its commit line is complete; with
-  `truncate`, anything after the last commit (a batch cut off by a kill) is removed from the file."""
-  if not os.path.exists(path):
-    return []
-  done, pending, good_end = [], [], 0
-  with open(path, "rb") as f:
-    data = f.read()
-  pos = 0
-  while pos < len(data):
-    end = data.find(b"\n", pos)
-    if end < 0:
-      break                                    # torn last line: never committed
-    try:
-      rec = json.loads(data[pos:end])
-    except ValueError:
-      break
-    pos = end + 1
-    if "commit" in rec:
-      if rec.get("n") != len(pending):
-        break
-      done += pending
-      pending = []
-      good_end = pos
-    else:
-      pending.append(rec)
-  if truncate and good_end < len(data):
-    log.warning("%s: dropping %d bytes of an uncommitted batch (interrupted run)", path, len(data) - good_end)
-    with open(path, "r+b") as f:
-      f.truncate(good_end)
-  return done
-
-
-def _append_batch(path: str, records: Sequence[dict], batch_no: int):
-  """Append a batch and its commit line in one write, then fsync (the commit makes the batch count)."""
-  blob = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
-  blob += json.dumps({"commit": batch_no, "n": len(records)}) + "\n"
-  with open(path, "a") as f:
-    f.write(blob)
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def summarize(records: Sequence[dict], tau: float) -> dict:
-  """Loss reached and patches per frame over labelled records."""
-  lab = [r for r in records if "gazing_pos" in r]
-  if not lab:
-    return {"clips": 0, "skipped": len(records)}
-  n = np.asarray([[len(f) for f in r["gazing_pos"]] for r in lab])                 # (clips, T)
-  final = np.asarray([[f[-1] for f in r["task_losses"]] for r in lab])
-  first = np.asarray([[f[0] for f in r["task_losses"]] for r in lab])
-  reached = np.asarray([r["reached"] for r in lab])
-  return {"clips": len(lab), "skipped": len(records) - len(lab), "tau": tau,
-          "frames_reaching_tau": float(reached.mean()),
-          "final_loss_mean": float(final.mean()), "final_loss_max": float(final.max()),
-          "loss_after_first_patch_mean": float(first.mean()),
-          "patches_per_frame_mean": float(n.mean()), "patches_per_frame_min": int(n.min()),
-          "patches_per_frame_max": int(n.max()),
-          "patches_by_frame_mean": [round(float(x), 3) for x in n.mean(0)],
-          "gaze_ratio": float(n.mean() / 265.0)}
-
-
-def merge_shards(workdir: str, process_count: int, meta: Mapping, num_frames: int) -> dict:
-  """All shards committed -> `gazing_labels.json` (official format, dataset order) + `greedy_meta.json`."""
-  from data_pipelines import labels as labels_lib
-  records = []
-  for i in range(process_count):
-    records += read_shard(shard_path(workdir, i, process_count))
-  records.sort(key=lambda r: r["i"])
-  keys = [r["key"] for r in records]
-  if len(set(keys)) != len(keys):
-    raise RuntimeError("a clip was labelled twice across shards; the shard files are inconsistent")
-  entries = {r["key"]: {"gazing_pos": r["gazing_pos"], "task_losses": r["task_losses"]}
-             for r in records if "gazing_pos" in r}
-  for k, e in entries.items():
-    labels_lib.validate_entry(k, e, num_frames=num_frames)
-  labels_lib.write_labels(entries, os.path.join(workdir, LABELS_NAME))
-  summary = summarize(records, meta["tau"])
-  side = {**meta, "summary": summary,
-          "reached_tau": {r["key"]: r["reached"] for r in records if "gazing_pos" in r},
-          "skipped": {r["key"]: r["skip"] for r in records if "skip" in r}}
-  tmp = os.path.join(workdir, META_NAME + f".tmp{os.getpid()}")
-  with open(tmp, "w") as f:
-    json.dump(side, f, indent=1)
-  os.replace(tmp, os.path.join(workdir, META_NAME))
-  return summary
-
-
-def label_dataset(labeler: GreedyLabeler, load: Callable[[int], dict], keys: Sequence[str], workdir: str, *,
-                  meta: Mapping, num_frames: int = 16, clips_per_batch: int = 1,
-                  process_index: int | None = None, process_count: int | None = None, log_every: int = 1,
-                  stop_after_batches: int | None = None) -> dict | None:
-  """Label this host's clips into its shard file (resuming), then merge once every shard is finished.
-
-  load(i) -> {"frames": uint8 (>=num_frames,224,224,3)} or raises (the clip is then recorded as skipped
-  with the error); keys[i]: the clip's label key (relative video path), unique. Host h of n labels
-  indices h, h+n, ... in batches of `clips_per_batch`; randomness is seeded by the dataset index, so
-  labels do not depend on the host count or batching. Returns the summary after merging (None when
-  other hosts are still running or `stop_after_batches`, a test hook simulating a kill, stopped early).
-  """
-  if len(set(keys)) != len(keys):
-    raise ValueError("clip keys (last three path components) are not unique; labels would collide")
-  pi = jax.process_index() if process_index is None else process_index
-  pc = jax.process_count() if process_count is None else process_count
-  path = shard_path(workdir, pi, pc)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  done = {r["i"] for r in read_shard(path, truncate=True)}
-  mine = list(range(pi, len(keys), pc))
-  todo = [i for i in mine if i not in done]
-  log.info("host %d/%d: %d clips, %d already labelled, %d to go (variant %s)", pi, pc, len(mine),
-           len(mine) - len(todo), len(todo), labeler.gcfg.variant)
-  batches = [todo[s:s + clips_per_batch] for s in range(0, len(todo), clips_per_batch)]
-  progress = Progress(len(mine), every=log_every, name="label", start_step=len(mine) - len(todo))
-  norm = jax.jit(normalize_on_device)
-
-  def fetch(idx):
-    out = []
-    for i in idx:
-      try:
-        fr = np.asarray(load(i)["frames"])[:num_frames]
-        if fr.shape[0] < num_frames:
-          raise ValueError(f"clip has {fr.shape[0]} frames < num_frames={num_frames}")
-        out.append((i, fr, None))
-      except Exception as e:  # noqa: BLE001 (any unreadable clip is recorded as skipped, never fatal)
-        log.warning("skipping %s: %s", keys[i], e)
-        out.append((i, None, f"{type(e).__name__}: {e}"))
-    return out
-
-  n_done = len(mine) - len(todo)
-  batch_no = len(done)
-  with concurrent.futures.ThreadPoolExecutor(1) as pool:  # decode the next batch while searching this one
-    nxt = pool.submit(fetch, batches[0]) if batches else None
-    for bi in range(len(batches)):
-      items = nxt.result()
-      nxt = pool.submit(fetch, batches[bi + 1]) if bi + 1 < len(batches) else None
-      good = [(i, fr) for i, fr, err in items if err is None]
-      res = {}
-      if good:
-        video = norm(jnp.asarray(np.stack([fr for _, fr in good])))
-        for (i, _), lab in zip(good, labeler.label(video, [i for i, _ in good])):
-          res[i] = lab
-      recs = []
-      for i, _, err in items:
-        if err is not None:
-          recs.append({"i": i, "key": keys[i], "skip": err})
-        else:
-          e = res[i].entry()
-          recs.append({"i": i, "key": keys[i], **e, "reached": res[i].reached, "evals": res[i].evals})
-      _append_batch(path, recs, batch_no)
-      batch_no += 1
-      n_done += len(items)
-      last = [r for r in recs if "task_losses" in r]
-      shown = {"final_loss": np.mean([f[-1] for r in last for f in r["task_losses"]]),
-               "patches/frame": np.mean([len(f) for r in last for f in r["gazing_pos"]])} if last else None
-      progress(n_done, shown, force=bi % log_every == 0 or bi + 1 == len(batches))
-      if stop_after_batches is not None and bi + 1 >= stop_after_batches:
-        return None
-  with open(path + ".done", "w") as f:
-    json.dump({"clips": len(mine)}, f)
-  if all(os.path.exists(shard_path(workdir, i, pc) + ".done") for i in range(pc)):
-    return merge_shards(workdir, pc, meta, num_frames)
-  log.info("host %d finished; the last host to finish merges the shards", pi)
-  return None
-
-
-# ---------------------------------------------------------------- VideoMAE loading and entry points
-def load_videomae(checkpoint: str = "", size: str = "tiny", dtype: str = "float32", seed: int = 0):
-  """(cfg, graphdef, params, perceptual {term: PerceptualNet}).
-
-  checkpoint: an official-format dir (config.json + model.safetensors; bundled DINOv2/SigLIP2 tensors
-  are used when present). Empty: size "tiny" = the random-weight test fixture, "default" = a random
-  init; both log a warning because labels from random weights only exercise the plumbing.
-  """
-  fixture = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tests", "fixtures",
-                         "videomae_tiny")
-  if not checkpoint and size == "tiny":
-    log.warning("no --config.videomae.checkpoint: using the random-weight tiny test fixture %s; these labels "
-                "are NOT meaningful (plumbing only)", fixture)
-    checkpoint = fixture
-  if checkpoint:
-    cfg, graphdef, params, tensors = load_checkpoint(checkpoint, read_config(checkpoint, dtype=dtype))
-    nets = {}
-    for term, ecfg in (("dinov2_reg", perc.DINOV2_REG_BASE), ("siglip2", perc.SIGLIP2_BASE)):
-      sub = {k: a for k, a in tensors.items() if k.startswith(term + ".")}
-      if term in cfg.loss_type and sub:
-        nets[term] = perc.from_tensors(ecfg, sub)
-    nets.update(perc.load_from_config(cfg))
-    return cfg, graphdef, params, nets
-  if size != "default":
-    raise ValueError(f"videomae.size {size!r}: expected 'tiny' or 'default'")
-  log.warning("no --config.videomae.checkpoint: RANDOM-INIT default VideoMAE (ViT-MAE-L sizes), without the "
-              "perceptual loss terms; these labels are NOT meaningful (plumbing/benchmark only)")
-  cfg = VideoMAEConfig(dtype=dtype)
-  graphdef, params = init_params(cfg, seed)
-  return cfg, graphdef, params, {}
-
-
 def greedy_config_from(c) -> GreedyConfig:
   """ml_collections block `config.greedy` -> GreedyConfig (validated)."""
   fields = {f.name for f in dataclasses.fields(GreedyConfig)}
@@ -671,83 +453,3 @@ def greedy_config_from(c) -> GreedyConfig:
   if unknown:
     raise ValueError(f"unknown config.greedy keys {unknown}; known: {sorted(fields)}")
   return GreedyConfig(**{k: c[k] for k in c.keys()})
-
-
-def _make_source(data):
-  """(load(i), keys) for config.data: src '' = the embedded synthetic dataset; else a video folder, or an
-  ArrayRecord build dir (`source=arrayrecord`, or auto-detected from its dataset_info.json)."""
-  from data_pipelines import ops
-  from data_pipelines.pipeline import make_source
-  kind = data.source
-  if kind == "auto":
-    if not data.src:
-      kind = "synthetic"
-    elif glob.glob(os.path.join(data.src, "**", "dataset_info.json"), recursive=True):
-      kind = "arrayrecord"
-    else:
-      kind = "folder"
-  src = make_source(kind, data.src or None, data.split, synthetic_num_clips=data.synthetic_num_clips,
-                    seed=data.seed, cache_dir=data.cache_dir or None)
-  if hasattr(src, "load"):          # video folder: exact decode, no substitution of unreadable videos
-    keys = [ops.relative_video_path(p) for p in src.paths]
-    load = src.load
-  else:                             # ArrayRecord: records are already decoded clips
-    keys = list(src.paths())
-    load = src.__getitem__
-  if data.max_clips:
-    keys = keys[:data.max_clips]
-  return load, keys, kind
-
-
-def run(config, workdir: str) -> dict | None:
-  """`launch/label.py`: config (configs/greedy_labels.py) -> labels in `workdir` (resumable)."""
-  gcfg = greedy_config_from(config.greedy)
-  if config.data.num_frames < 1 or config.data.clips_per_batch < 1:
-    raise ValueError(f"data.num_frames={config.data.num_frames} and data.clips_per_batch="
-                     f"{config.data.clips_per_batch} must be >= 1")
-  os.makedirs(workdir, exist_ok=True)
-  vm = config.videomae
-  cfg, graphdef, params, perceptual = load_videomae(vm.checkpoint, vm.size, vm.dtype, vm.seed)
-  missing = [t for t in cfg.loss_type if t != "l1" and t not in perceptual]
-  if missing:
-    log.warning("loss terms %s have no weights: labels optimise the remaining terms only", missing)
-  devices = jax.local_devices() if not config.mesh.num_devices else jax.local_devices()[:config.mesh.num_devices]
-  mesh = make_mesh(config.mesh.data, config.mesh.fsdp, devices)
-  load, keys, kind = _make_source(config.data)
-  meta = {"tau": gcfg.tau, "budget": gcfg.budget, "min_tokens": gcfg.min_tokens, "variant": gcfg.variant,
-          "greedy": dataclasses.asdict(gcfg), "dtype": cfg.dtype, "loss_terms": [t for t in cfg.loss_type
-                                                                                 if t == "l1" or t in perceptual],
-          "videomae_checkpoint": vm.checkpoint or f"(none: {vm.size})", "num_frames": config.data.num_frames,
-          "data": {"source": kind, "src": config.data.src, "split": config.data.split},
-          "arrayrecord": "NTP reads these labels from an ArrayRecord build by joining at read time "
-                         "(--config.data.source=arrayrecord --config.data.labels=<this dir>/gazing_labels.json), "
-                         "or store them in the records: python -m launch.build_dataset --labels=<file>"}
-  labeler = GreedyLabeler(graphdef, params, gcfg, perceptual, mesh if mesh.shape["data"] > 1 else None)
-  t0 = time.perf_counter()
-  summary = label_dataset(labeler, load, keys, workdir, meta=meta, num_frames=config.data.num_frames,
-                          clips_per_batch=config.data.clips_per_batch, log_every=config.log_every)
-  if summary is not None:
-    summary = {**summary, "seconds": round(time.perf_counter() - t0, 2), "labels": os.path.join(workdir, LABELS_NAME)}
-    log.info("summary: %s", json.dumps(summary))
-  return summary
-
-
-def label_embedded(num_clips: int, workdir: str, gcfg: GreedyConfig = GreedyConfig(budget=8, tau=0.0), *,
-                   videomae_checkpoint: str = "", num_frames: int = 16, clips_per_batch: int = 2,
-                   synthetic_num_clips: int = 40, split: str = "train", mesh=None,
-                   stop_after_batches: int | None = None) -> str:
-  """Label the first `num_clips` clips of the embedded synthetic dataset into `workdir/gazing_labels.json`
-  (resumable: call again after a kill); returns its path. Without a checkpoint the tiny random-weight
-  fixture is used (warned). `stop_after_batches` stops early without merging (a kill, for tests)."""
-  from data_pipelines import ops
-  from data_pipelines.pipeline import make_source
-  cfg, graphdef, params, perceptual = load_videomae(videomae_checkpoint, "tiny")
-  src = make_source("synthetic", None, split, synthetic_num_clips=synthetic_num_clips)
-  keys = [ops.relative_video_path(p) for p in src.paths][:num_clips]
-  meta = {"tau": gcfg.tau, "budget": gcfg.budget, "min_tokens": gcfg.min_tokens, "variant": gcfg.variant,
-          "greedy": dataclasses.asdict(gcfg), "dtype": cfg.dtype, "num_frames": num_frames,
-          "videomae_checkpoint": videomae_checkpoint or "(tiny fixture)"}
-  label_dataset(GreedyLabeler(graphdef, params, gcfg, perceptual, mesh), src.load, keys, workdir, meta=meta,
-                num_frames=num_frames, clips_per_batch=clips_per_batch, process_index=0, process_count=1,
-                stop_after_batches=stop_after_batches)
-  return os.path.join(workdir, LABELS_NAME)

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import nnx
 
-from autogaze_jax.train.state import TrainState, norm_metrics
-from autogaze_jax.train.ntp import NORM_EPS
-from autogaze_jax.gaze.rollout import RolloutSpec, rollout_frames
+from autogaze_jax.gaze.rollout import RolloutSpec, frame_slots, rollout_frames
+from autogaze_jax.judge.load import judge_config, load_judge
 from autogaze_jax.judge.losses import reconstruction_task
+from autogaze_jax.train.algorithm import GazeModelAlgorithm, Models, gaze_config
+from autogaze_jax.train.ntp import NORM_EPS
+from autogaze_jax.train.state import ConfigError, TrainState, norm_metrics
 
 
 def discounted_advantages(reward, traj_len, if_padded_gazing, group: int, gamma: float):
@@ -61,14 +64,6 @@ def grpo_losses(log_action_probs, task_loss_prediction, if_padded_gazing, advant
   return {"grpo_loss": grpo, "task_loss_prediction_loss": tlp, "loss": grpo + tlp}
 
 
-def rollout_to_slots(tokens, length, eos: int, vocab_per_frame: int):
-  """Fixed-capacity rollout tokens (R, T, C) + lengths (R, T) -> gazing_pos / if_padded_gazing (R, T*C)."""
-  r, t, c = tokens.shape
-  pad = (jnp.arange(c)[None, None] >= length[..., None]) | (tokens == eos)
-  gp = tokens + vocab_per_frame * jnp.arange(t)[None, :, None]
-  return gp.reshape(r, t * c), pad.reshape(r, t * c)
-
-
 def policy_loss_fn(graphdef, params, video_rows, gazing_pos, if_padded_gazing, counts, task: dict, group: int,
                    gamma: float, optimize_task_loss_prediction: bool = True):
   """Teacher-forced log-probs of given rollouts -> (mean loss, aux). `task` holds reward, traj_len_each_reward
@@ -89,7 +84,8 @@ def temperature_at(step, total_steps: int, t0: float, t1: float):
 
 
 def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, schedule=None):
-  """`train_step(state, batch, rng, frozen_videomae_params) -> (state, metrics)` (batch: video (B,T,3,224,224))."""
+  """`train_step(state, batch, rng, frozen) -> (state, metrics)`; batch: video (B,T,3,224,224); frozen:
+  {"videomae": judge params, "perceptual": {term: net}} (the reward's loss terms)."""
   g = cfg.group_size
   cap = cfg.max_tokens_per_frame
 
@@ -116,13 +112,13 @@ def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, schedule=None):
     vis_g = jnp.tile(vis, (g, 1, 1, 1))
     _, grp = rollout_frames(model, vis_g, jnp.tile(n_t, (g, 1)), jnp.zeros((g * b, t), jnp.float32), temp,
                             k_grp, spec_grp)
-    gp, pad = rollout_to_slots(grp["tokens"], grp["length"], eos, vpf)
+    gp, pad = (x.reshape(g * b, -1) for x in frame_slots(grp["tokens"], grp["length"], vpf))
     counts = (grp["tokens"].shape[-1],) * t
     # 3) frozen VideoMAE rewards on R random frames, shared by the batch
     frames = jax.random.permutation(k_frames, t)[:cfg.frames_to_reconstruct]
     video_rows = jnp.tile(video, (g, 1, 1, 1, 1))
-    task = reconstruction_task(mae_graphdef, frozen, video_rows,
-                               gp, pad, jnp.asarray(counts), frames, static_counts=counts)
+    task = reconstruction_task(mae_graphdef, frozen["videomae"], video_rows, gp, pad, jnp.asarray(counts), frames,
+                               frozen["perceptual"], static_counts=counts)
     task = jax.lax.stop_gradient({k: task[k] for k in ("reward", "traj_len_each_reward",
                                                        "reconstruction_loss_each_gazing_token",
                                                        "reconstruction_loss_each_gazing_token_mask",
@@ -143,3 +139,39 @@ def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, schedule=None):
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
+
+
+class GRPO(GazeModelAlgorithm):
+  """GRPO against the frozen judge (`config.videomae`: checkpoint, else a random init of its size)."""
+  needs_labels = False
+  batch_keys = ("frames",)
+  finite_keys = ("loss", "grad_norm", "reward_mean")
+  progress_keys = ("loss", "grpo_loss", "task_loss_prediction_loss", "reward_mean", "gaze_ratio", "temperature", "lr")
+
+  def validate(self, config):
+    g = config.grpo
+    if g.group_size < 2:
+      raise ConfigError(f"config.grpo.group_size = {g.group_size}: GRPO needs at least 2 rollouts per video")
+    self.check_tokens_per_frame("grpo.max_tokens_per_frame", g.max_tokens_per_frame, config)
+    frames = gaze_config(config).max_num_frames
+    if not 1 <= g.frames_to_reconstruct <= frames:
+      raise ConfigError(f"config.grpo.frames_to_reconstruct = {g.frames_to_reconstruct} must be in 1..{frames}")
+    if not 0 < g.requirement_min <= g.requirement_max:
+      raise ConfigError(f"config.grpo.requirement_min/max = {g.requirement_min}/{g.requirement_max}: need 0 < min <= max")
+    if g.temperature_start <= 0 or g.temperature_end <= 0:
+      raise ConfigError("config.grpo.temperature_start/end must be positive")
+    try:
+      judge_config(config.videomae.size)
+    except ValueError as e:
+      raise ConfigError(f"config.videomae.size: {e}") from None
+
+  def init(self, config) -> Models:
+    gaze = super().init(config)
+    judge = load_judge(config.videomae.checkpoint, config.videomae.size, seed=config.train.seed)
+    return Models(gaze.graphdef, gaze.params, judge.graphdef,
+                  {"videomae": judge.params, "perceptual": judge.perceptual})
+
+  def make_step(self, config, models: Models, tx, schedule):
+    g = ml_collections.ConfigDict(config.grpo.to_dict())
+    g.total_steps = config.train.num_steps
+    return make_train_step(models.graphdef, models.frozen_graphdef, tx, cfg=g, schedule=schedule)

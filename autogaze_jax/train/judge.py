@@ -1,8 +1,7 @@
-"""Training the VideoMAE itself with random multi-scale gaze masks.
+"""Training the VideoMAE judge itself with random multi-scale gaze masks.
 
-Until `launch.train` exists this module is the entry: build a `TrainState` with `init_state`, jit
-`make_train_step(cfg, graphdef, tx)` and call it as `(state, batch, rng) -> (state, metrics)`.
-`batch = {"video": (B,T,C,224,224) float32 task space}`. Per video and frame a gaze ratio is drawn
+`make_train_step(cfg, graphdef, tx)` -> `(state, batch, rng, perceptual) -> (state, metrics)` with
+`batch = {"video": (B,T,C,224,224) float32 task space}`; `JudgeTraining` is its `Algorithm`. Per video and frame a gaze ratio is drawn
 (frame 0 ~ U(frame0_ratio), later frames ~ U(other_ratio)), then a uniform random subset of the V
 multi-scale ids of that size (at least 1). Slot counts per frame are static (the ratio upper bound
 times V), the unused slots are padding, so the step compiles once.
@@ -12,16 +11,24 @@ model (requires_grad=False): the optimizer masks their updates.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import os
 import re
 
-import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from flax import nnx
 
-from autogaze_jax.judge.losses import reconstruction_task
 from autogaze_jax.core.sharding import path_str
+from autogaze_jax.interop.videomae import save_checkpoint
+from autogaze_jax.judge.load import judge_config, load_judge
+from autogaze_jax.judge.losses import reconstruction_task
+from autogaze_jax.judge.model import init_params
+from autogaze_jax.train.algorithm import Models
+from autogaze_jax.train.state import ConfigError, TrainState
 
 FROZEN_PARAMS = r"(position_embeddings|decoder_pos_embed)(/value)?$"
 
@@ -45,14 +52,6 @@ class VideoMAETrainConfig:
     return (k0,) + (k,) * (num_frames - 1)
 
 
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: object
-  opt_state: object
-  frozen: dict          # perceptual nets {term: PerceptualNet}; used, never updated
-
-
 def schedule(cfg: VideoMAETrainConfig):
   """Linear warmup (warmup_frac of the steps) then cosine decay to 0."""
   warm = max(1, int(cfg.warmup_frac * cfg.total_steps))
@@ -69,10 +68,6 @@ def make_optimizer(cfg: VideoMAETrainConfig) -> optax.GradientTransformation:
     return jax.tree_util.tree_map_with_path(
         lambda p, _: "frozen" if re.search(FROZEN_PARAMS, path_str(p)) else "train", params)
   return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
-
-
-def init_state(params, tx, frozen: dict | None = None) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), frozen=frozen or {})
 
 
 def random_gaze(cfg: VideoMAETrainConfig, rng, batch: int, num_frames: int):
@@ -97,9 +92,9 @@ def random_gaze(cfg: VideoMAETrainConfig, rng, batch: int, num_frames: int):
 
 
 def make_train_step(cfg: VideoMAETrainConfig, graphdef, tx):
-  """Pure step `(state, batch, rng) -> (state, metrics)`; jit it (donate the state)."""
+  """Pure step `(state, batch, rng, perceptual {term: net}) -> (state, metrics)`; jit it (donate the state)."""
 
-  def train_step(state: TrainState, batch, rng):
+  def train_step(state: TrainState, batch, rng, perceptual=None):
     rng = jax.random.fold_in(rng, state.step)
     k_gaze, k_frames = jax.random.split(rng)
     video = batch["video"]
@@ -111,7 +106,7 @@ def make_train_step(cfg: VideoMAETrainConfig, graphdef, tx):
       frames = jnp.arange(t)
 
     def loss_fn(params):
-      out = reconstruction_task(graphdef, params, video, gazing_pos, if_padded, counts, frames, state.frozen,
+      out = reconstruction_task(graphdef, params, video, gazing_pos, if_padded, counts, frames, perceptual,
                                 static_counts=cfg.slots_per_frame(t))
       return jnp.mean(out["loss_mean"]), out
 
@@ -122,6 +117,49 @@ def make_train_step(cfg: VideoMAETrainConfig, graphdef, tx):
                "update_norm": optax.global_norm(updates), "lr": schedule(cfg)(state.step),
                "gaze_ratio": out["avg_gazing_ratio_per_frame"].astype(jnp.float32)}
     metrics.update({f"loss_{k}": jnp.mean(v) for k, v in out["loss_terms"].items()})
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, frozen=state.frozen), metrics
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
+
+
+class JudgeTraining:
+  """Train the judge (`config.videomae`: continue a checkpoint, else a random init of its size)."""
+  needs_labels = False
+  batch_keys = ("frames",)
+  finite_keys = ("loss", "grad_norm")
+  progress_keys = ("loss", "gaze_ratio", "lr")
+
+  def validate(self, config):
+    try:
+      judge_config(config.videomae.size)
+    except ValueError as e:
+      raise ConfigError(f"config.videomae.size: {e}") from None
+
+  def train_config(self, config) -> VideoMAETrainConfig:
+    v = config.videomae
+    return VideoMAETrainConfig(lr=config.optimizer.lr, total_steps=config.train.num_steps,
+                               warmup_frac=config.optimizer.warmup_frac, grad_clip=config.optimizer.grad_clip or 1.0,
+                               frame0_ratio=tuple(v.frame0_ratio), other_ratio=tuple(v.other_ratio),
+                               recon_frames=v.recon_frames)
+
+  def init(self, config) -> Models:
+    if not config.videomae.checkpoint:  # pretraining: a random init is the point here, not a fallback
+      graphdef, params = init_params(judge_config(config.videomae.size), config.train.seed)
+      return Models(graphdef, params, frozen={})
+    judge = load_judge(config.videomae.checkpoint, seed=config.train.seed)
+    return Models(judge.graphdef, judge.params, frozen=judge.perceptual)
+
+  def optimizer(self, config):
+    tc = self.train_config(config)
+    return make_optimizer(tc), schedule(tc)
+
+  def make_step(self, config, models: Models, tx, schedule_fn):
+    return make_train_step(self.train_config(config), models.graphdef, tx)
+
+  def picture(self, config, graphdef, params, frames, workdir, step) -> dict:
+    return {}
+
+  def export(self, config, graphdef, params, workdir):
+    out = os.path.join(workdir, "export")
+    save_checkpoint(out, nnx.merge(graphdef, params).cfg, jax.tree.map(np.asarray, params.to_pure_dict()))
+    logging.info("exported the VideoMAE (official task-model format) to %s", out)

@@ -1,8 +1,10 @@
-"""Algorithm-agnostic training loop: validate -> mesh -> data -> init/restore -> compile -> loop.
+"""Algorithm-agnostic training loop: validate -> mesh -> init/restore -> compile -> loop.
 
-One `run(config, workdir)` serves every algorithm in `autogaze_jax/train/registry.py`:
+One `run(config, workdir, data)` serves every algorithm of `train/registry.py` through the `Algorithm`
+protocol (`train/algorithm.py`); the caller builds the input iterator (`launch/train.py`):
   * the whole train state is one pytree (`TrainState`), placed by the regex sharding rules (gaze model
-    replicated, VideoMAE FSDP), the batch sharded over the mesh's `data` axis;
+    replicated, VideoMAE FSDP), the batch sharded over the mesh's `data` axis (`core.sharding.shard_batch`);
+    frames travel as uint8 and become float task space on the device;
   * the step is AOT-compiled before step 1 (compile time and memory logged), donates the old state,
     and derives its RNG from (seed, step), so a resumed run continues bit for bit;
   * orbax `CheckpointManager`: the state and the grain iterator state are saved every `ckpt_every`
@@ -23,9 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from autogaze_jax.core import sharding as shd
-from autogaze_jax.train import registry
-from autogaze_jax.train.state import ConfigError, TrainState, make_optimizer
 from autogaze_jax.evaluation.writers import MetricWriter, Progress, check_finite
+from autogaze_jax.gaze.preprocess import normalize_on_device
+from autogaze_jax.train import registry
+from autogaze_jax.train.state import ConfigError, TrainState
 
 
 def validate(config) -> None:
@@ -143,9 +146,14 @@ def _restore(mngr, step: int, abstract_state, it):
   return out["state"]
 
 
-def run(config, workdir: str, stop_after: int | None = None) -> dict:
+def run(config, workdir: str, data, *, picture_frames: np.ndarray | None = None,
+        stop_after: int | None = None) -> dict:
   """Train `config.algorithm` in `workdir` (resuming if it holds a checkpoint). Returns final metrics.
 
+  data: iterator of this host's batches (numpy dicts holding the algorithm's `batch_keys`) that
+  checkpoints through grain's orbax handler (`get_state`/`set_state`, e.g. `data_pipelines.pipeline.
+  DataIterator`); it is saved and restored with the train state.
+  picture_frames: (T, H, W, 3) uint8 validation clip for the periodic pictures (None: no pictures).
   stop_after: leave after this many steps of *this* process (with a checkpoint), as a preemption would;
   the schedule still follows config.train.num_steps, so a later run continues exactly.
   """
@@ -161,19 +169,14 @@ def run(config, workdir: str, stop_after: int | None = None) -> dict:
   mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, _devices(config))
   logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count())
 
-  # ---- input ----
-  it, info = algo.make_data(config, workdir)
-  # ---- model + optimizer ----
-  graphdef, params, frozen = algo.init(config, workdir)
-  if isinstance(frozen, tuple):  # (graphdef, params) of a frozen model: the graphdef is static
-    info = dict(info, videomae_graphdef=frozen[0])
-    frozen = frozen[1]
-  tx, schedule = (algo.make_tx(config) if hasattr(algo, "make_tx")
-                  else make_optimizer(config.optimizer, config.train.num_steps))
+  # ---- models + optimizer ----
+  models = algo.init(config)
+  graphdef = models.graphdef
+  tx, schedule = algo.optimizer(config)
 
   # ---- shard: params by rules (born sharded through a jitted init of the optimizer state) ----
-  p_shard = shd.param_shardings(params, mesh)
-  params = jax.device_put(params, p_shard)
+  p_shard = shd.param_shardings(models.params, mesh)
+  params = jax.device_put(models.params, p_shard)
   opt_state = jax.jit(tx.init)(params)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
   # optimizer moments follow their param's sharding (same tree paths); counters are replicated
@@ -182,7 +185,7 @@ def run(config, workdir: str, stop_after: int | None = None) -> dict:
   opt_shard = _match_param_shardings(opt_state, opt_shard, params, p_shard)
   state_shard = TrainState(step=rep, params=p_shard, opt_state=opt_shard)
   state = jax.device_put(state, state_shard)
-  frozen = None if frozen is None else jax.device_put(frozen, shd.param_shardings(frozen, mesh))
+  frozen = None if models.frozen is None else jax.device_put(models.frozen, shd.param_shardings(models.frozen, mesh))
 
   # ---- checkpoint: resume precedence = checkpoint in workdir > init ----
   mngr = _manager(workdir, config)
@@ -190,18 +193,24 @@ def run(config, workdir: str, stop_after: int | None = None) -> dict:
   if mngr.latest_step() is not None:
     start = int(mngr.latest_step())
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    state = _restore(mngr, start, abstract, it)
+    state = _restore(mngr, start, abstract, data)
     logging.info("resumed from %s at step %d", mngr.directory, start)
 
   # ---- update step ----
-  step_fn = algo.make_step(config, graphdef, tx, schedule, info)
+  step_fn = algo.make_step(config, models, tx, schedule)
   seed = config.train.seed
 
   def update(state, batch, frozen):
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
+    batch = dict(batch)
+    batch["video"] = normalize_on_device(batch.pop("frames"))
     return step_fn(state, batch, rng, frozen)
 
-  first = algo.device_batch(next(it), mesh)
+  def device_batch():
+    host = next(data)
+    return shd.shard_batch({k: host[k] for k in algo.batch_keys}, mesh)
+
+  first = device_batch()
   jitted = jax.jit(update, donate_argnums=(0,), out_shardings=(state_shard, None))
   t0 = time.perf_counter()
   compiled = jitted.lower(state, first, frozen).compile()
@@ -220,6 +229,7 @@ def run(config, workdir: str, stop_after: int | None = None) -> dict:
   stop = _install_sigterm()
   metrics, batch = {}, first
   step = start
+  draw = picture_frames is not None and config.train.picture_every > 0
   try:
     while step < config.train.num_steps:
       t_step = time.perf_counter()
@@ -235,21 +245,20 @@ def run(config, workdir: str, stop_after: int | None = None) -> dict:
       if stop_after is not None and step - start >= stop_after:
         stop["stop"] = True
       if step % config.train.ckpt_every == 0 or stop["stop"] or step == config.train.num_steps:
-        _save(mngr, step, state, it)
-      if algo.picture and config.train.picture_every and step % config.train.picture_every == 0:
+        _save(mngr, step, state, data)
+      if draw and step % config.train.picture_every == 0:
         local = host_local(state.params)   # every process takes part; only process 0 draws
-        if is_main:
-          writer.write_images(step, algo.picture(config, graphdef, local, workdir, step))
+        images = algo.picture(config, graphdef, local, picture_frames, workdir, step) if is_main else {}
+        if images:
+          writer.write_images(step, images)
       if stop["stop"]:
         logging.warning("stopped by signal at step %d (checkpoint saved)", step)
         break
       if step < config.train.num_steps:
-        batch = algo.device_batch(next(it), mesh)
+        batch = device_batch()
   finally:
     mngr.wait_until_finished()
     writer.close()
-    if hasattr(it, "log_stats"):
-      it.log_stats()
   params = host_local(state.params)  # every process takes part in gathering sharded params
   if is_main and step >= config.train.num_steps:
     algo.export(config, graphdef, params, workdir)

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from autogaze_jax.train.state import TrainState, norm_metrics
+from autogaze_jax.train.algorithm import GazeModelAlgorithm, Models, gaze_config
+from autogaze_jax.train.state import ConfigError, TrainState, norm_metrics
 
 NORM_EPS = 1e-6
 
@@ -37,7 +38,8 @@ def ntp_losses(log_action_probs, task_loss_prediction, if_padded_gazing, task_lo
 
 def make_train_step(graphdef, tx, num_gazing_each_frame: tuple[int, ...], schedule=None,
                     optimize_task_loss_prediction: bool = True):
-  """`train_step(state, batch, rng) -> (state, metrics)`.
+  """`train_step(state, batch, rng, frozen) -> (state, metrics)` (rng and frozen unused: NTP is
+  deterministic given the batch and reads no other model).
 
   batch: video (B, T, 3, 224, 224) float processor output, gazing_pos (B, N), if_padded_gazing (B, N),
   task_losses (B, N) (fixed-capacity collation, N = sum(num_gazing_each_frame), static).
@@ -55,8 +57,8 @@ def make_train_step(graphdef, tx, num_gazing_each_frame: tuple[int, ...], schedu
     aux["token_prob"] = jnp.sum(jnp.exp(out["log_action_probs"]) * real) / jnp.maximum(jnp.sum(real), 1)
     return aux["loss"], aux
 
-  def train_step(state: TrainState, batch, rng):
-    del rng  # NTP is deterministic given the batch
+  def train_step(state: TrainState, batch, rng, frozen=None):
+    del rng, frozen
     (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -67,3 +69,20 @@ def make_train_step(graphdef, tx, num_gazing_each_frame: tuple[int, ...], schedu
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
+
+
+class NTP(GazeModelAlgorithm):
+  """Next-token prediction on greedy labels (fixed-capacity collation: max_tokens_per_frame + EOS slots)."""
+  needs_labels = True
+  batch_keys = ("frames", "gazing_pos", "if_padded_gazing", "task_losses")
+  finite_keys = ("loss", "grad_norm")
+  progress_keys = ("loss", "ntp_loss", "task_loss_prediction_loss", "token_prob", "lr")
+
+  def validate(self, config):
+    self.check_tokens_per_frame("data.max_tokens_per_frame", config.data.max_tokens_per_frame, config)
+    if config.data.source != "synthetic" and not config.data.labels:
+      raise ConfigError("NTP needs gaze labels: set config.data.labels (gazing_labels.json; see launch.label)")
+
+  def make_step(self, config, models: Models, tx, schedule):
+    counts = (config.data.max_tokens_per_frame + 1,) * gaze_config(config).max_num_frames
+    return make_train_step(models.graphdef, tx, counts, schedule, config.ntp.optimize_task_loss_prediction)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from autogaze_jax.labels import format as F
 from data_pipelines import labels as L
 from data_pipelines.synthetic import random_labels
 
@@ -42,7 +43,7 @@ def test_collate_fixed_capacity():
   fx = L.collate_fixed([a, b], max_tokens_per_frame=3)
   for k in off:
     np.testing.assert_array_equal(off[k], fx[k])
-  with pytest.raises(L.LabelError, match="max_tokens_per_frame"):
+  with pytest.raises(F.LabelError, match="max_tokens_per_frame"):
     L.collate_fixed([a, b], max_tokens_per_frame=2)
 
 
@@ -65,14 +66,14 @@ def test_file_roundtrip_byte_for_byte(tmp_path):
   loaded = L.load_labels(str(src))
   assert sorted(loaded) == [f"InternVid_res448_250K/train/v{i}.mp4" for i in range(3)]  # 3-component keys
   out = tmp_path / "out.json"
-  L.write_labels(loaded, str(out))
+  F.write_labels(loaded, str(out))
   # Same bytes up to the key normalisation (keys are relative on our side, as the official join uses).
   want = json.dumps({k.replace("/data/", ""): v for k, v in labels.items()})
   assert out.read_text() == want
   # Relative keys already: exact bytes.
   src2 = tmp_path / "rel.json"
   src2.write_text(want)
-  L.write_labels(L.load_labels(str(src2)), str(out))
+  F.write_labels(L.load_labels(str(src2)), str(out))
   assert out.read_bytes() == src2.read_bytes()
 
 
@@ -98,16 +99,16 @@ def test_load_merges_comma_and_glob_later_wins(tmp_path):
 ])
 def test_validation_errors(mutate, match):
   e = random_labels(["r/train/a.mp4"], seed=1, max_tokens_per_frame=3)["r/train/a.mp4"]
-  L.validate_entry("r/train/a.mp4", e)  # valid as generated
+  F.validate_entry("r/train/a.mp4", e)  # valid as generated
   mutate(e)
-  with pytest.raises(L.LabelError, match=match):
-    L.validate_entry("r/train/a.mp4", e)
+  with pytest.raises(F.LabelError, match=match):
+    F.validate_entry("r/train/a.mp4", e)
 
 
 def test_repeated_id_rejected():
   e = {"gazing_pos": [[265 * t, 265 * t] for t in range(16)], "task_losses": [[1.0, 0.9]] * 16}
-  with pytest.raises(L.LabelError, match="repeated"):
-    L.validate_entry("k", e)
+  with pytest.raises(F.LabelError, match="repeated"):
+    F.validate_entry("k", e)
 
 
 def test_join_report():

@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+from autogaze_jax.core.sharding import shard_batch
+from autogaze_jax.gaze.preprocess import normalize_on_device
 from data_pipelines import labels as L
 from data_pipelines import ops, pipeline
 from data_pipelines.synthetic import random_labels
@@ -137,26 +139,28 @@ def test_views_and_device_normalisation_agree():
                                   process_count=1))
   assert b["video"].shape == (2, 16, 3, 4, 4) and b["video"].dtype == np.float32
   np.testing.assert_array_equal(b["video"], b["video_for_task"])
-  dev = np.asarray(jax.jit(pipeline.normalize_on_device)(b["frames"]))
+  dev = np.asarray(jax.jit(normalize_on_device)(b["frames"]))
   np.testing.assert_allclose(dev, b["video"], atol=1e-5)
   # Value check: 0 -> (-1 - mean)/std.
   np.testing.assert_allclose(b["video"][0, 0, :, 0, 0], (-1 - np.array([.485, .456, .406])) / [.229, .224, .225],
                              rtol=1e-6)
 
 
-def test_to_global_shards_over_8_devices():
+def test_batches_shard_over_8_devices():
+  """A pipeline batch through the trainer's one placer (core.sharding.shard_batch)."""
   import jax
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  from jax.sharding import Mesh
   mesh = Mesh(np.asarray(jax.devices()).reshape(8), ("data",))
-  sharding = NamedSharding(mesh, P("data"))
   src = FakeSource(16, with_labels=True)
-  it = pipeline.make_iterator(src, sharding=sharding, global_batch_size=8, labels="fixed", max_tokens_per_frame=4,
+  it = pipeline.make_iterator(src, global_batch_size=8, labels="fixed", max_tokens_per_frame=4,
                               process_index=0, process_count=1)
-  b = next(it)
+  host = next(it)
+  b = shard_batch({k: host[k] for k in ("frames", "gazing_pos", "video_path")}, mesh)
   assert isinstance(b["frames"], jax.Array) and b["frames"].shape == (8, 16, 4, 4, 3)
   assert len(b["frames"].addressable_shards) == 8 and b["frames"].addressable_shards[0].data.shape[0] == 1
-  assert b["gazing_pos"].sharding == sharding
-  assert isinstance(b["video_path"], np.ndarray) and isinstance(b["num_gazing_each_frame"], np.ndarray)
+  assert b["gazing_pos"].sharding.spec[0] == "data"
+  np.testing.assert_array_equal(np.asarray(b["gazing_pos"]), host["gazing_pos"])
+  assert isinstance(b["video_path"], np.ndarray) and isinstance(host["num_gazing_each_frame"], np.ndarray)
 
 
 def test_orbax_grain_handler_roundtrip(tmp_path):

@@ -2,11 +2,9 @@
 
 Most search tests use a *mini* VideoMAE (64x64 frames, scales 16/32/64 -> 21 ids per frame) on
 embedded-dataset clips downsampled to 64x64, so exact greedy over every candidate stays cheap on 2 CPU
-cores; the label-file and resume tests run the real 265-id layout with the `videomae_tiny` fixture.
+cores; the label-file and resume tests (test_loop.py) run the real 265-id layout.
 """
 import functools
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +16,8 @@ from autogaze_jax.judge.losses import reconstruction_task
 from autogaze_jax.judge.model import init_params
 from autogaze_jax.core.sharding import make_mesh
 from autogaze_jax.judge.config import tiny_videomae_config
-from data_pipelines import labels as labels_lib
-from data_pipelines.pipeline import make_source, normalize_on_device
+from autogaze_jax.gaze.preprocess import normalize_on_device
+from data_pipelines.pipeline import make_source
 
 T, BUDGET = 3, 4
 EXACT = greedy.GreedyConfig(budget=BUDGET, tau=-1.0, slot_bucket=16)   # tau unreachable: BUDGET per frame
@@ -185,35 +183,3 @@ def test_config_errors():
     greedy.GreedyConfig(candidates="lazy")
   with pytest.raises(ValueError, match="k_per_step"):
     greedy.GreedyConfig(budget=2, k_per_step=3)
-
-
-# ---------------------------------------------------------------- label files (265-id layout, tiny fixture)
-GC = greedy.GreedyConfig(budget=2, tau=-1.0, candidates="random", num_candidates=8, k_per_step=1)
-
-
-def test_label_file_kill_and_resume(tmp_path):
-  """An interrupted run (stopped after one batch, with a torn half-written record appended as a kill
-  mid-write leaves it) resumes to the same label file as an uninterrupted run; nothing twice."""
-  kw = dict(num_frames=2, clips_per_batch=1)
-  full = greedy.label_embedded(3, str(tmp_path / "a"), GC, **kw)
-  b = str(tmp_path / "b")
-  greedy.label_embedded(3, b, GC, stop_after_batches=1, **kw)
-  shard = greedy.shard_path(b, 0, 1)
-  assert len(greedy.read_shard(shard)) == 1 and not os.path.exists(os.path.join(b, greedy.LABELS_NAME))
-  with open(shard, "a") as f:
-    f.write('{"i": 1, "key": "x", "gazing_pos": [[1')             # killed mid-write
-  resumed = greedy.label_embedded(3, b, GC, **kw)
-  with open(full, "rb") as fa, open(resumed, "rb") as fb:
-    assert fa.read() == fb.read()
-  recs = greedy.read_shard(shard)
-  assert sorted(r["i"] for r in recs) == [0, 1, 2]                 # each clip exactly once
-
-  labels = labels_lib.load_labels(full, num_frames=2)
-  assert len(labels) == 3
-  for k, e in labels.items():
-    labels_lib.validate_entry(k, e, num_frames=2)
-    assert [len(f) for f in e["gazing_pos"]] == [2, 2]
-  with open(os.path.join(tmp_path, "a", greedy.META_NAME)) as f:
-    meta = json.load(f)
-  assert meta["tau"] == -1.0 and meta["budget"] == 2 and meta["variant"] == "random8" and meta["dtype"] == "float32"
-  assert set(meta["reached_tau"]) == set(labels) and meta["summary"]["patches_per_frame_mean"] == 2.0

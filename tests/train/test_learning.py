@@ -12,15 +12,16 @@ from flax import nnx
 
 from autogaze_jax import AutoGaze
 
-from autogaze_jax.train import loop as trainer
 from autogaze_jax.evaluation import evaluate as ev
 from autogaze_jax.train import registry
-from autogaze_jax.labels.greedy import GreedyConfig, label_embedded
+from autogaze_jax.labels.greedy import GreedyConfig
 from autogaze_jax.interop.videomae import load_checkpoint
 from autogaze_jax.judge.losses import reconstruction_task
 from configs import grpo as grpo_cfg, ntp as ntp_cfg
+from data_pipelines import training as train_input
+from launch.wiring import label_embedded, train
 
-JUDGE = os.path.join(os.path.dirname(registry.__file__), "..", "assets", "judge_small")
+JUDGE = os.path.join(os.path.dirname(os.path.dirname(registry.__file__)), "assets", "judge_small")
 
 
 def _metrics(workdir):
@@ -44,12 +45,12 @@ def test_ntp_smoke_beats_untrained_gaze_ratio_on_held_out_clips(tmp_path):
   c.data.labels = labels
   c.data.max_tokens_per_frame = 8
   wd = str(tmp_path / "ntp")
-  trainer.run(c, wd)
+  train(c, wd)
   m = _metrics(wd)
   assert m[-1]["ntp_loss"] < m[0]["ntp_loss"] - 0.2
 
   _, mg, mp, _ = load_checkpoint(JUDGE)
-  val = registry.data_source(c, "val")
+  val = train_input.source(c, "val")
   trained = AutoGaze.from_pretrained(os.path.join(wd, "export"))
   pv = np.stack([trained.processor.normalize(val[i]["frames"]) for i in range(len(val))])
   threshold = ev.random_gaze_loss((mg, mp), pv, 0.1)     # the judge's loss at 10% random patches
@@ -79,12 +80,13 @@ def test_grpo_smoke_raises_mean_reward(tmp_path):
   c.data.synthetic_num_clips = 4                   # 4 training clips, each seen 15 times
   c.videomae.checkpoint = JUDGE
   wd = str(tmp_path / "grpo")
-  graphdef, params, judge = registry.GRPO.init(c, wd)   # the run's own initial weights
-  src = registry.data_source(c, "train")
+  models = registry.ALGORITHMS["grpo"].init(c)        # the run's own initial weights
+  graphdef, params, judge = models.graphdef, models.params, (models.frozen_graphdef, models.frozen["videomae"])
+  src = train_input.source(c, "train")
   m0 = AutoGaze(nnx.merge(graphdef, params).cfg, params)
   pv = np.stack([m0.processor.normalize(src[i]["frames"]) for i in range(len(src))])
   before = _mean_reward(m0, judge, pv)
-  trainer.run(c, wd)
+  train(c, wd)
   after = _mean_reward(AutoGaze.from_pretrained(os.path.join(wd, "export")), judge, pv)
   # measured: -1.7829 -> -1.7714, every seed higher
   assert after.mean() > before.mean() + 0.004, (before, after)

@@ -8,7 +8,8 @@ import pytest
 
 from autogaze_jax import AutoGaze
 
-from autogaze_jax.train import loop as trainer
+from autogaze_jax.train.state import ConfigError
+from launch.wiring import train
 from configs import ntp as ntp_cfg
 
 
@@ -35,7 +36,7 @@ def _params(workdir):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("full"))
-  res = trainer.run(_cfg(**{"train.picture_every": 2}), wd)
+  res = train(_cfg(**{"train.picture_every": 2}), wd)
   return wd, res
 
 
@@ -58,9 +59,9 @@ def test_ntp_smoke_runs_logs_and_exports(uninterrupted):
 def test_kill_and_resume_is_bitwise(uninterrupted, tmp_path):
   wd_full, _ = uninterrupted
   wd = str(tmp_path / "resumed")
-  trainer.run(_cfg(), wd, stop_after=2)           # "preempted" after 2 steps (checkpoint written)
+  train(_cfg(), wd, stop_after=2)           # "preempted" after 2 steps (checkpoint written)
   assert not os.path.exists(os.path.join(wd, "export"))
-  res = trainer.run(_cfg(), wd)                     # a new run in the same workdir resumes at step 2
+  res = train(_cfg(), wd)                     # a new run in the same workdir resumes at step 2
   assert res["step"] == 4
   a, b = _params(wd_full), _params(wd)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -72,8 +73,8 @@ def test_kill_and_resume_is_bitwise(uninterrupted, tmp_path):
 
 def test_sharded_step_equals_single_device(uninterrupted, tmp_path):
   wd_full, res1 = uninterrupted
-  res8 = trainer.run(_cfg(steps=4, **{"data.global_batch_size": 8, "mesh.num_devices": 0}), str(tmp_path / "s8"))
-  res1b = trainer.run(_cfg(steps=4, **{"data.global_batch_size": 8}), str(tmp_path / "s1"))
+  res8 = train(_cfg(steps=4, **{"data.global_batch_size": 8, "mesh.num_devices": 0}), str(tmp_path / "s8"))
+  res1b = train(_cfg(steps=4, **{"data.global_batch_size": 8}), str(tmp_path / "s1"))
   assert res8["step"] == res1b["step"] == 4
   np.testing.assert_allclose(res8["loss"], res1b["loss"], rtol=1e-5, atol=1e-6)
   a, b = _params(str(tmp_path / "s8")), _params(str(tmp_path / "s1"))
@@ -99,8 +100,8 @@ def test_config_validation(tmp_path, key, value, match):
   for p in path:
     node = node[p]
   node[last] = value
-  with pytest.raises(trainer.ConfigError, match=match):
-    trainer.run(c, str(tmp_path))
+  with pytest.raises(ConfigError, match=match):
+    train(c, str(tmp_path))
 
 
 def test_unknown_config_argument():

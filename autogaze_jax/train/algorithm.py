@@ -1,0 +1,109 @@
+"""The small protocol every trainable algorithm implements, and what the two gaze-model algorithms share.
+
+`train/loop.py` knows nothing of NTP, GRPO or judge training: it validates, asks the algorithm for its
+models and optimizer, builds the train state, and calls the algorithm's step. The input pipeline is
+built outside the library (`launch/train.py`) from `batch_keys` / `needs_labels` and handed to the loop.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Callable, Protocol
+
+import numpy as np
+from flax import nnx
+
+from autogaze_jax.api import AutoGaze
+from autogaze_jax.core.patches import ScaleLayout
+from autogaze_jax.evaluation import viz
+from autogaze_jax.gaze.config import GazeConfig, tiny_config
+from autogaze_jax.train.state import ConfigError, make_optimizer
+
+# step(state, batch, rng, frozen) -> (state, metrics); batch["video"] is float task space (B, T, C, H, W)
+Step = Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+  """What a run trains and what its step only reads.
+
+  graphdef/params: the trained model (static graph, initial nnx.State). frozen_graphdef/frozen: the
+  static graph and the pytree of a model the step calls but never updates (GRPO's judge and its
+  perceptual nets; judge training's perceptual nets), or None.
+  """
+  graphdef: object
+  params: object
+  frozen_graphdef: object = None
+  frozen: object = None
+
+
+class Algorithm(Protocol):
+  needs_labels: bool                 # the input pipeline joins gaze labels (launch/train.py)
+  batch_keys: tuple[str, ...]        # host batch entries the step reads ("frames" becomes "video")
+  finite_keys: tuple[str, ...]       # metrics that stop the run when NaN/Inf
+  progress_keys: tuple[str, ...]     # metrics on the console progress line
+
+  def validate(self, config) -> None:
+    """Raise ConfigError on values this algorithm cannot work with (before anything compiles)."""
+
+  def init(self, config) -> Models: ...
+
+  def optimizer(self, config) -> tuple:
+    """(optax transformation, lr schedule)."""
+
+  def make_step(self, config, models: Models, tx, schedule) -> Step: ...
+
+  def picture(self, config, graphdef, params, frames: np.ndarray, workdir: str, step: int) -> dict:
+    """{name: (H, W, 3) uint8} for TensorBoard (may be empty), drawn on the validation clip `frames`."""
+
+  def export(self, config, graphdef, params, workdir: str) -> None:
+    """Write the final model in its official format to WORKDIR/export."""
+
+
+def gaze_config(config) -> GazeConfig:
+  cfg = tiny_config() if config.model.size == "tiny" else GazeConfig()
+  return cfg.replace(dtype=config.model.dtype)
+
+
+def _gaze(graphdef, params) -> AutoGaze:
+  model = nnx.merge(graphdef, params)
+  return AutoGaze(model.cfg, nnx.split(model, nnx.Param)[1])
+
+
+class GazeModelAlgorithm:
+  """NTP and GRPO train the gaze model: same init, optimizer, pictures and export."""
+
+  def check_tokens_per_frame(self, key: str, value: int, config) -> None:
+    v = gaze_config(config).num_vision_tokens_each_frame
+    if not 1 <= value <= v:
+      raise ConfigError(f"config.{key} = {value} must be in 1..{v}")
+
+  def init(self, config) -> Models:
+    """The gaze model from `config.model.init` (official-format checkpoint) or a fresh init."""
+    if config.model.init:
+      m = AutoGaze.from_pretrained(config.model.init, dtype=config.model.dtype)
+      logging.info("gaze model initialised from %s", config.model.init)
+    else:
+      m = AutoGaze(gaze_config(config), seed=config.train.seed)
+    return Models(m.graphdef, m.params)
+
+  def optimizer(self, config):
+    return make_optimizer(config.optimizer, config.train.num_steps)
+
+  def picture(self, config, graphdef, params, frames, workdir, step) -> dict:
+    """The validation clip gazed greedily at `config.train.picture_ratio`: per-scale rows written to
+    WORKDIR/pictures/step_NNNNNN.png and returned as {"val_gaze": image}."""
+    gaze = _gaze(graphdef, params)
+    out = gaze.generate(gaze.processor.normalize(frames)[None], config.train.picture_ratio, None, generate_only=True)
+    os.makedirs(os.path.join(workdir, "pictures"), exist_ok=True)
+    path = os.path.join(workdir, "pictures", f"step_{step:06d}.png")
+    img = viz.training_picture(path, frames, out["gazing_pos"][0], out["if_padded_gazing"][0],
+                               ScaleLayout.from_gaze_config(gaze.cfg))
+    logging.info("validation gaze picture: %s", path)
+    return {"val_gaze": img}
+
+  def export(self, config, graphdef, params, workdir):
+    out = os.path.join(workdir, "export")
+    _gaze(graphdef, params).save_pretrained(out)
+    logging.info("exported the gaze model (official format) to %s", out)

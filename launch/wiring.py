@@ -1,0 +1,129 @@
+"""The wiring of `configs/`, `data_pipelines/` and the library (big_vision's train.py builds the input
+pipeline and hands the loop an iterator; so do we). The entry points (`launch/train.py`, `launch/label.py`,
+`launch/pipeline.py`) call these; they hold no absl flags, so tests import them freely.
+
+  train(config, workdir, stop_after=None)   input iterator + validation clip -> autogaze_jax.train.loop.run
+  label(config, workdir)                    judge + clip source -> autogaze_jax.labels.loop.label_dataset
+  label_embedded(num_clips, workdir, gcfg, videomae_checkpoint=...)   the same on the embedded dataset
+Imports are deferred so `--help` of the entry points stays fast and XLA flags can be set before jax starts.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+
+def train(config, workdir: str, stop_after: int | None = None) -> dict:
+  """Wire the input pipeline to the training loop (as big_vision's train.py does): validate, build this
+  host's iterator for the algorithm (labels joined when it trains on them) and the validation clip of
+  the pictures, then `loop.run`. Returns the loop's final metrics."""
+  import jax
+  from jax.experimental import multihost_utils
+
+  from autogaze_jax.train import loop, registry
+  from data_pipelines import training as train_input
+  loop.validate(config)
+  algo = registry.ALGORITHMS[config.algorithm]
+  barrier = ((lambda: multihost_utils.sync_global_devices("train_input")) if jax.process_count() > 1 else None)
+  data = train_input.make_train_iterator(config, workdir, with_labels=algo.needs_labels,
+                                         process_index=jax.process_index(), barrier=barrier)
+  frames = train_input.validation_clip(config) if config.train.picture_every else None
+  try:
+    return loop.run(config, workdir, data, picture_frames=frames, stop_after=stop_after)
+  finally:
+    data.log_stats()
+
+
+def clip_source(data):
+  """(load(i), keys, kind) for a `config.data` block: src '' = the embedded synthetic dataset; else a
+  video folder, or an ArrayRecord build dir (`source=arrayrecord`, or detected by its dataset_info.json)."""
+  import glob
+  import os
+
+  from data_pipelines import ops
+  from data_pipelines.pipeline import make_source
+  kind = data.source
+  if kind == "auto":
+    if not data.src:
+      kind = "synthetic"
+    elif glob.glob(os.path.join(data.src, "**", "dataset_info.json"), recursive=True):
+      kind = "arrayrecord"
+    else:
+      kind = "folder"
+  src = make_source(kind, data.src or None, data.split, synthetic_num_clips=data.synthetic_num_clips,
+                    seed=data.seed, cache_dir=data.cache_dir or None)
+  if kind == "arrayrecord":         # records are already decoded clips
+    keys, load = list(src.paths()), src.__getitem__
+  else:                             # video folder: exact decode, no substitution of unreadable videos
+    keys, load = [ops.relative_video_path(p) for p in src.paths], src.load
+  if data.max_clips:
+    keys = keys[:data.max_clips]
+  return load, keys, kind
+
+
+def _meta(gcfg, judge, num_frames: int, **extra) -> dict:
+  import dataclasses
+  return {"tau": gcfg.tau, "budget": gcfg.budget, "min_tokens": gcfg.min_tokens, "variant": gcfg.variant,
+          "greedy": dataclasses.asdict(gcfg), "dtype": judge.cfg.dtype, "loss_terms": judge.loss_terms,
+          "num_frames": num_frames, **extra}
+
+
+def label(config, workdir: str) -> dict | None:
+  """config (configs/greedy_labels.py) -> labels in `workdir` (resumable); the summary once merged."""
+  import os
+  import time
+
+  import jax
+
+  from autogaze_jax.core.sharding import make_mesh
+  from autogaze_jax.judge.load import load_judge
+  from autogaze_jax.labels.greedy import GreedyLabeler, greedy_config_from
+  from autogaze_jax.labels.loop import label_dataset
+  from autogaze_jax.labels.shards import LABELS_NAME
+  gcfg = greedy_config_from(config.greedy)
+  if config.data.num_frames < 1 or config.data.clips_per_batch < 1:
+    raise ValueError(f"data.num_frames={config.data.num_frames} and data.clips_per_batch="
+                     f"{config.data.clips_per_batch} must be >= 1")
+  os.makedirs(workdir, exist_ok=True)
+  vm = config.videomae
+  judge = load_judge(vm.checkpoint, vm.size, vm.dtype, vm.seed)
+  devices = jax.local_devices() if not config.mesh.num_devices else jax.local_devices()[:config.mesh.num_devices]
+  mesh = make_mesh(config.mesh.data, config.mesh.fsdp, devices)
+  load, keys, kind = clip_source(config.data)
+  meta = _meta(gcfg, judge, config.data.num_frames, videomae_checkpoint=vm.checkpoint or f"(none: random {vm.size})",
+               data={"source": kind, "src": config.data.src, "split": config.data.split},
+               arrayrecord="NTP reads these labels from an ArrayRecord build by joining at read time "
+                           "(--config.data.source=arrayrecord --config.data.labels=<this dir>/gazing_labels.json), "
+                           "or store them in the records: python -m launch.build_dataset --labels=<file>")
+  labeler = GreedyLabeler(judge.graphdef, judge.params, gcfg, judge.perceptual, mesh if mesh.shape["data"] > 1 else None)
+  t0 = time.perf_counter()
+  summary = label_dataset(labeler, load, keys, workdir, meta=meta, num_frames=config.data.num_frames,
+                          clips_per_batch=config.data.clips_per_batch, log_every=config.log_every)
+  if summary is not None:
+    summary = {**summary, "seconds": round(time.perf_counter() - t0, 2), "labels": os.path.join(workdir, LABELS_NAME)}
+    logging.info("summary: %s", json.dumps(summary))
+  return summary
+
+
+def label_embedded(num_clips: int, workdir: str, gcfg, *, videomae_checkpoint: str, num_frames: int = 16,
+                   clips_per_batch: int = 2, synthetic_num_clips: int = 40, split: str = "train", mesh=None,
+                   stop_after_batches: int | None = None) -> str:
+  """Label the first `num_clips` clips of the embedded synthetic dataset with the judge at
+  `videomae_checkpoint` into `workdir/gazing_labels.json` (resumable: call again after a kill); returns
+  its path. `stop_after_batches` stops early without merging (a kill, for tests)."""
+  import os
+
+  from autogaze_jax.judge.load import load_judge
+  from autogaze_jax.labels.greedy import GreedyLabeler
+  from autogaze_jax.labels.loop import label_dataset
+  from autogaze_jax.labels.shards import LABELS_NAME
+  from data_pipelines import ops
+  from data_pipelines.pipeline import make_source
+  judge = load_judge(videomae_checkpoint)
+  src = make_source("synthetic", None, split, synthetic_num_clips=synthetic_num_clips)
+  keys = [ops.relative_video_path(p) for p in src.paths][:num_clips]
+  label_dataset(GreedyLabeler(judge.graphdef, judge.params, gcfg, judge.perceptual, mesh), src.load, keys, workdir,
+                meta=_meta(gcfg, judge, num_frames, videomae_checkpoint=videomae_checkpoint),
+                num_frames=num_frames, clips_per_batch=clips_per_batch, process_index=0, process_count=1,
+                stop_after_batches=stop_after_batches)
+  return os.path.join(workdir, LABELS_NAME)
