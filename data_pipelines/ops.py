@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from autogaze_jax.gaze.config import GazeConfig
 from autogaze_jax.gaze.preprocess import Processor
 
-CLIP_LEN = 16
+CLIP_LEN = GazeConfig().max_num_frames    # frames per clip: the gaze model's clip length
 SIZE = 224
 
 # Repair / skip reasons counted per item. The order is the layout of the per-item `data_stats`

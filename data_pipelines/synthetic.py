@@ -20,6 +20,8 @@ import tempfile
 
 import numpy as np
 
+from autogaze_jax.labels.format import NUM_FRAMES, TOKENS_PER_FRAME
+
 GENERATOR_VERSION = 1  # bump when the content changes: it is part of the cache key
 
 
@@ -177,8 +179,8 @@ def ensure_synthetic(cfg: SyntheticConfig = SyntheticConfig(), cache_dir: str | 
   return root
 
 
-def random_labels(video_keys, *, seed: int = 0, num_frames: int = 16, max_tokens_per_frame: int = 8,
-                  tokens_per_frame: int = 265) -> dict[str, dict]:
+def random_labels(video_keys, *, seed: int = 0, num_frames: int = NUM_FRAMES, max_tokens_per_frame: int = 8,
+                  tokens_per_frame: int = TOKENS_PER_FRAME) -> dict[str, dict]:
   """Valid toy labels in the official format (for smoke NTP runs and tests, not for learning):
   1..K unique ids per frame in [265t, 265t+265), losses decreasing from ~1 to ~0.5."""
   out = {}

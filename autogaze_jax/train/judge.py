@@ -24,6 +24,7 @@ from flax import nnx
 
 from autogaze_jax.core.sharding import path_str
 from autogaze_jax.interop.videomae import save_checkpoint
+from autogaze_jax.judge.config import VideoMAEConfig
 from autogaze_jax.judge.load import judge_config, load_judge
 from autogaze_jax.judge.losses import reconstruction_task
 from autogaze_jax.judge.model import init_params
@@ -43,7 +44,7 @@ class VideoMAETrainConfig:
   frame0_ratio: tuple[float, float] = (0.05, 0.5)
   other_ratio: tuple[float, float] = (0.0, 0.2)
   recon_frames: int = 0          # frames reconstructed per step (random subset); 0 = all frames
-  tokens_per_frame: int = 265
+  tokens_per_frame: int = VideoMAEConfig().tokens_per_frame    # the judge's multi-scale ids per frame
 
   def slots_per_frame(self, num_frames: int) -> tuple[int, ...]:
     v = self.tokens_per_frame
