@@ -119,6 +119,7 @@ def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, schedule=None):
     video_rows = jnp.tile(video, (g, 1, 1, 1, 1))
     task = reconstruction_task(mae_graphdef, frozen["videomae"], video_rows, gp, pad, jnp.asarray(counts), frames,
                                frozen["perceptual"], static_counts=counts)
+    terms = jax.lax.stop_gradient(task["loss_terms"])
     task = jax.lax.stop_gradient({k: task[k] for k in ("reward", "traj_len_each_reward",
                                                        "reconstruction_loss_each_gazing_token",
                                                        "reconstruction_loss_each_gazing_token_mask",
@@ -133,7 +134,9 @@ def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, schedule=None):
     metrics = {**aux, **norm_metrics(grads, state.params, updates), "temperature": temp,
                "reward_mean": jnp.mean(reward), "reward_std": jnp.std(reward),
                "reconstruction_loss": task["reconstruction_loss"],
-               "gaze_ratio": task["avg_gazing_ratio_per_frame"], "tau_mean": jnp.mean(tau)}
+               "gaze_ratio": task["avg_gazing_ratio_per_frame"], "tau_mean": jnp.mean(tau),
+               # each loss term of the judge (unweighted), negated as the reward is
+               **{f"reward_{k}": -jnp.mean(v) for k, v in terms.items()}}
     if schedule is not None:
       metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

@@ -88,6 +88,9 @@ def test_grpo_smoke_raises_mean_reward(tmp_path):
   before = _mean_reward(m0, judge, pv)
   train(c, wd)
   after = _mean_reward(AutoGaze.from_pretrained(os.path.join(wd, "export")), judge, pv)
+  # per-term rewards are logged; this judge scores l1 alone (weight 1), so that term is the whole reward
+  for row in _metrics(wd):
+    np.testing.assert_allclose(row["reward_l1"], row["reward_mean"], rtol=1e-5)
   # measured: -1.7829 -> -1.7714, every seed higher
   assert after.mean() > before.mean() + 0.004, (before, after)
   assert np.sum(after > before) >= 3, (before, after)
