@@ -14,7 +14,7 @@ import math
 import os
 from typing import Any
 
-DTYPES = ("float32", "bfloat16")
+from autogaze_jax.core.config_base import ConfigBase
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +47,7 @@ class DecoderConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class GazeConfig:
+class GazeConfig(ConfigBase):
   """The whole AutoGaze model. Defaults = the released checkpoint (3,258,240 parameters)."""
   vision: VisionConfig = VisionConfig()
   decoder: DecoderConfig = DecoderConfig()
@@ -62,28 +62,28 @@ class GazeConfig:
   raw_json: str = dataclasses.field(default="", compare=False, repr=False)
 
   def __post_init__(self):
-    _check(self.dtype in DTYPES, "dtype", self.dtype, f"one of {DTYPES}")
-    _check(len(self.scales) >= 1 and list(self.scales) == sorted(self.scales), "scales", self.scales,
-           "ascending sizes")
-    _check(self.vision.out_dim == self.connector_hidden_dim == self.decoder.hidden_size,
-           "vision.out_dim/connector_hidden_dim/decoder.hidden_size",
-           (self.vision.out_dim, self.connector_hidden_dim, self.decoder.hidden_size),
-           "equal widths (the connector adds a position table and has no projection)")
-    _check(self.decoder.num_attention_heads * self.decoder.head_dim > 0, "decoder.head_dim",
-           self.decoder.head_dim, "positive")
-    _check(self.decoder.num_key_value_heads == self.decoder.num_attention_heads,
-           "decoder.num_key_value_heads", self.decoder.num_key_value_heads,
-           "equal to num_attention_heads (the official decoder has no GQA)")
-    _check(self.decoder.head_dim % 2 == 0, "decoder.head_dim", self.decoder.head_dim, "even (RoPE)")
-    _check(1 <= self.decoder.num_multi_token_pred, "decoder.num_multi_token_pred",
-           self.decoder.num_multi_token_pred, ">= 1")
-    _check(self.input_img_size % self.vision.kernel_size == 0, "input_img_size",
-           self.input_img_size, f"a multiple of kernel_size {self.vision.kernel_size}")
-    _check(self.vision.temporal_patch_size == 1, "vision.temporal_patch_size",
-           self.vision.temporal_patch_size, "1 (the only value the official model uses)")
-    _check(sum(self.tokens_per_scale) == self.num_vision_tokens_each_frame,
-           "num_vision_tokens_each_frame", self.num_vision_tokens_each_frame,
-           f"the sum of the per-scale token counts {self.tokens_per_scale}")
+    self._check_dtype()
+    self._check(len(self.scales) >= 1 and list(self.scales) == sorted(self.scales), "scales", self.scales,
+                "ascending sizes")
+    self._check(self.vision.out_dim == self.connector_hidden_dim == self.decoder.hidden_size,
+                "vision.out_dim/connector_hidden_dim/decoder.hidden_size",
+                (self.vision.out_dim, self.connector_hidden_dim, self.decoder.hidden_size),
+                "equal widths (the connector adds a position table and has no projection)")
+    self._check(self.decoder.num_attention_heads * self.decoder.head_dim > 0, "decoder.head_dim",
+                self.decoder.head_dim, "positive")
+    self._check(self.decoder.num_key_value_heads == self.decoder.num_attention_heads,
+                "decoder.num_key_value_heads", self.decoder.num_key_value_heads,
+                "equal to num_attention_heads (the official decoder has no GQA)")
+    self._check(self.decoder.head_dim % 2 == 0, "decoder.head_dim", self.decoder.head_dim, "even (RoPE)")
+    self._check(1 <= self.decoder.num_multi_token_pred, "decoder.num_multi_token_pred",
+                self.decoder.num_multi_token_pred, ">= 1")
+    self._check(self.input_img_size % self.vision.kernel_size == 0, "input_img_size",
+                self.input_img_size, f"a multiple of kernel_size {self.vision.kernel_size}")
+    self._check(self.vision.temporal_patch_size == 1, "vision.temporal_patch_size",
+                self.vision.temporal_patch_size, "1 (the only value the official model uses)")
+    self._check(sum(self.tokens_per_scale) == self.num_vision_tokens_each_frame,
+                "num_vision_tokens_each_frame", self.num_vision_tokens_each_frame,
+                f"the sum of the per-scale token counts {self.tokens_per_scale}")
 
   # ---- derived, as the official constructors compute them ----
   @property
@@ -121,14 +121,6 @@ class GazeConfig:
       out.append(acc)
       acc += n
     return tuple(out)
-
-  @property
-  def jnp_dtype(self):
-    import jax.numpy as jnp
-    return jnp.dtype(self.dtype)
-
-  def replace(self, **kw) -> "GazeConfig":
-    return dataclasses.replace(self, **kw)
 
   # ---- official config.json <-> GazeConfig ----
   @classmethod
@@ -203,8 +195,3 @@ def tiny_config(**overrides) -> GazeConfig:
                             num_key_value_heads=2, head_dim=16, intermediate_size=64,
                             initializer_range=0.2),
       connector_hidden_dim=32, **overrides)
-
-
-def _check(ok: bool, name: str, value, expected: str):
-  if not ok:
-    raise ValueError(f"GazeConfig.{name} = {value!r} is invalid: expected {expected}")

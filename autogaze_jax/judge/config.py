@@ -15,19 +15,15 @@ import dataclasses
 import json
 from typing import Any
 
-DTYPES = ("float32", "bfloat16")
+from autogaze_jax.core.config_base import ConfigBase
+
 REMAT = ("none", "block", "dots")          # jax.checkpoint per transformer block: off / full / save matmuls
 ATTN_IMPLS = ("auto", "flash", "dot_product")    # see core/flash_attention.py, judge/segment_attention.py
 LOSS_TERMS = ("l1", "dinov2_reg", "siglip2")
 
 
-def _check(ok: bool, field: str, value, want: str):
-  if not ok:
-    raise ValueError(f"VideoMAEConfig.{field} = {value!r}: expected {want}")
-
-
 @dataclasses.dataclass(frozen=True)
-class VideoMAEConfig:
+class VideoMAEConfig(ConfigBase):
   hidden_size: int = 1024
   num_hidden_layers: int = 24
   num_attention_heads: int = 16
@@ -68,22 +64,22 @@ class VideoMAEConfig:
     return "flash" if jax.default_backend() == "cpu" else "dot_product"
 
   def __post_init__(self):
-    _check(self.dtype in DTYPES, "dtype", self.dtype, f"one of {DTYPES}")
-    _check(self.remat in REMAT, "remat", self.remat, f"one of {REMAT}")
-    _check(self.attn_impl in ATTN_IMPLS, "attn_impl", self.attn_impl, f"one of {ATTN_IMPLS}")
-    _check(self.attn_block >= 1, "attn_block", self.attn_block, ">= 1")
-    _check(self.hidden_act == "gelu", "hidden_act", self.hidden_act, "'gelu' (exact erf GELU)")
-    _check(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads",
-           self.num_attention_heads, f"a divisor of hidden_size {self.hidden_size}")
-    _check(self.decoder_hidden_size % self.decoder_num_attention_heads == 0, "decoder_num_attention_heads",
-           self.decoder_num_attention_heads, f"a divisor of decoder_hidden_size {self.decoder_hidden_size}")
-    _check(list(self.scales) == sorted(self.scales) and all(s % self.patch_size == 0 for s in self.scales),
-           "scales", self.scales, f"ascending multiples of patch_size {self.patch_size}")
-    _check(self.scales[-1] == self.image_size, "scales", self.scales,
-           f"largest scale == image_size {self.image_size} (only it is reconstructed)")
-    _check(len(self.loss_type) == len(self.loss_weights), "loss_weights", self.loss_weights,
-           f"one weight per loss term {self.loss_type}")
-    _check(all(t in LOSS_TERMS for t in self.loss_type), "loss_type", self.loss_type, f"terms of {LOSS_TERMS}")
+    self._check_dtype()
+    self._check(self.remat in REMAT, "remat", self.remat, f"one of {REMAT}")
+    self._check(self.attn_impl in ATTN_IMPLS, "attn_impl", self.attn_impl, f"one of {ATTN_IMPLS}")
+    self._check(self.attn_block >= 1, "attn_block", self.attn_block, ">= 1")
+    self._check(self.hidden_act == "gelu", "hidden_act", self.hidden_act, "'gelu' (exact erf GELU)")
+    self._check(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads",
+                self.num_attention_heads, f"a divisor of hidden_size {self.hidden_size}")
+    self._check(self.decoder_hidden_size % self.decoder_num_attention_heads == 0, "decoder_num_attention_heads",
+                self.decoder_num_attention_heads, f"a divisor of decoder_hidden_size {self.decoder_hidden_size}")
+    self._check(list(self.scales) == sorted(self.scales) and all(s % self.patch_size == 0 for s in self.scales),
+                "scales", self.scales, f"ascending multiples of patch_size {self.patch_size}")
+    self._check(self.scales[-1] == self.image_size, "scales", self.scales,
+                f"largest scale == image_size {self.image_size} (only it is reconstructed)")
+    self._check(len(self.loss_type) == len(self.loss_weights), "loss_weights", self.loss_weights,
+                f"one weight per loss term {self.loss_type}")
+    self._check(all(t in LOSS_TERMS for t in self.loss_type), "loss_type", self.loss_type, f"terms of {LOSS_TERMS}")
 
   # ---- derived ----
   @property
@@ -106,14 +102,6 @@ class VideoMAEConfig:
   @property
   def patch_dim(self) -> int:
     return self.patch_size ** 2 * self.num_channels
-
-  @property
-  def jnp_dtype(self):
-    import jax.numpy as jnp
-    return jnp.dtype(self.dtype)
-
-  def replace(self, **kw) -> "VideoMAEConfig":
-    return dataclasses.replace(self, **kw)
 
   # ---- official config.json <-> VideoMAEConfig ----
   _INT = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "decoder_hidden_size",
