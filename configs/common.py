@@ -61,3 +61,42 @@ def model_config(size: str = "default") -> mlc.ConfigDict:
   """size: default (the released 3.26M model) | tiny (the gaze_tiny fixture architecture).
   init: '' = random init, else an official-format checkpoint dir (config.json + model.safetensors)."""
   return mlc.ConfigDict({"size": size, "init": "", "dtype": "float32"})
+
+
+def run_arg(arg: str | None, **variants) -> mlc.ConfigDict:
+  """`parse_arg` with the arguments every training config takes besides its own `variants`: `smoke`
+  (minutes on a CPU), `steps=N` and `batch=N` (0 = the config's own)."""
+  return parse_arg(arg, smoke=False, **variants, steps=0, batch=0)
+
+
+def training_config(algorithm: str, a: mlc.ConfigDict, *, optimizer: mlc.ConfigDict, batch, steps, log_every,
+                    picture_every, ckpt_every) -> mlc.ConfigDict:
+  """The blocks of a gaze-model training run (algorithm, mesh, model, data, optimizer, train).
+
+  `a` is a `run_arg` result. batch .. ckpt_every are (smoke, full) pairs picked by `a.smoke`; a smoke
+  run trains the tiny model on 40 embedded clips. picture_every: steps between gaze pictures of the
+  fixed validation clip. Apply `steps_and_batch` once the config's own variants are set.
+  """
+  pick = lambda pair: pair[0] if a.smoke else pair[1]  # noqa: E731
+  c = mlc.ConfigDict()
+  c.algorithm = algorithm
+  c.mesh = mesh_config()
+  c.model = model_config("tiny" if a.smoke else "default")
+  c.data = data_config(pick(batch))
+  c.optimizer = optimizer
+  c.train = train_config(pick(steps))
+  c.train.log_every = pick(log_every)
+  c.train.picture_every = pick(picture_every)
+  c.train.ckpt_every = pick(ckpt_every)
+  if a.smoke:
+    c.data.synthetic_num_clips = 40
+  return c
+
+
+def steps_and_batch(c: mlc.ConfigDict, a: mlc.ConfigDict) -> mlc.ConfigDict:
+  """The `steps=N` / `batch=N` arguments, applied last so that they win over every variant."""
+  if a.steps:
+    c.train.num_steps = a.steps
+  if a.batch:
+    c.data.global_batch_size = a.batch
+  return c

@@ -19,33 +19,20 @@ from configs import common
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, smoke=False, adam=False, steps=0, batch=0)
-  c = common.mlc.ConfigDict()
-  c.algorithm = "grpo"
-  c.mesh = common.mesh_config()
-  c.model = common.model_config("tiny" if a.smoke else "default")
-  c.data = common.data_config(2 if a.smoke else 64)
-  c.optimizer = common.optimizer_config("sgd", 5e-4, "linear_w_warmup", 0.0)
-  c.train = common.train_config(30 if a.smoke else 13_300)
-  c.train.log_every = 5 if a.smoke else 20
-  c.train.picture_every = 10 if a.smoke else 500   # gaze picture of the fixed validation clip
-  c.train.ckpt_every = 10 if a.smoke else 500
+  a = common.run_arg(arg, adam=False)
+  # Smoke runs take minutes, not days: Adam 4e-3 at a constant temperature 1 (SGD from a zero-lr warmup
+  # barely moves in 30 steps, and temperature 3 samples near-uniform rollouts whose advantages are
+  # mostly noise).
+  optimizer = (common.optimizer_config("adam", 4e-3, "constant", 0.0) if a.smoke
+               else common.optimizer_config("sgd", 5e-4, "linear_w_warmup", 0.0))
+  c = common.training_config("grpo", a, optimizer=optimizer, batch=(2, 64), steps=(30, 13_300), log_every=(5, 20),
+                             picture_every=(10, 500), ckpt_every=(10, 500))
   c.grpo = common.mlc.ConfigDict({
       "group_size": 4 if a.smoke else 12, "discount_factor": 0.995, "max_tokens_per_frame": 26 if a.smoke else 198,
       "tokens_per_step": 10, "top_k": 50, "requirement_min": 0.5, "requirement_max": 1.0,
-      "temperature_start": 3.0, "temperature_end": 0.3, "frames_to_reconstruct": 2,
-      "optimize_task_loss_prediction": True})
+      "temperature_start": 1.0 if a.smoke else 3.0, "temperature_end": 1.0 if a.smoke else 0.3,
+      "frames_to_reconstruct": 2, "optimize_task_loss_prediction": True})
   c.videomae = common.mlc.ConfigDict({"checkpoint": "", "size": "small" if a.smoke else "default"})
-  if a.smoke:
-    # Minutes, not days: Adam 4e-3 at a constant temperature 1 (SGD from a zero-lr warmup barely moves
-    # in 30 steps, and temperature 3 samples near-uniform rollouts whose advantages are mostly noise).
-    c.data.synthetic_num_clips = 40
-    c.optimizer = common.optimizer_config("adam", 4e-3, "constant", 0.0)
-    c.grpo.temperature_start = c.grpo.temperature_end = 1.0
   if a.adam:
     c.optimizer = common.optimizer_config("adam", 5e-5, "constant", 0.0)
-  if a.steps:
-    c.train.num_steps = a.steps
-  if a.batch:
-    c.data.global_batch_size = a.batch
-  return c
+  return common.steps_and_batch(c, a)

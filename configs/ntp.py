@@ -16,27 +16,15 @@ from configs import common
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, smoke=False, official=False, steps=0, batch=0)
-  c = common.mlc.ConfigDict()
-  c.algorithm = "ntp"
-  c.mesh = common.mesh_config()
-  c.model = common.model_config("tiny" if a.smoke else "default")
-  c.data = common.data_config(8 if a.smoke else 1024)
+  a = common.run_arg(arg, official=False)
+  c = common.training_config("ntp", a, optimizer=common.optimizer_config("adam", 5e-4, "linear", 1e-5),
+                             batch=(8, 1024), steps=(60, 124_500), log_every=(5, 50), picture_every=(20, 5000),
+                             ckpt_every=(20, 500))
   c.data.max_tokens_per_frame = 12 if a.smoke else 26
-  c.optimizer = common.optimizer_config("adam", 5e-4, "linear", 1e-5)
-  c.train = common.train_config(60 if a.smoke else 124_500)
-  c.train.log_every = 5 if a.smoke else 50
-  c.train.picture_every = 20 if a.smoke else 5000   # gaze picture of the fixed validation clip
-  c.train.ckpt_every = 20 if a.smoke else 500
   c.ntp = common.mlc.ConfigDict({"optimize_task_loss_prediction": True})
   if a.smoke:
-    c.data.synthetic_num_clips = 40
     c.optimizer.lr = 3e-3
   if a.official:
     c.optimizer.grad_accum_steps = 4
     c.data.global_batch_size = 256
-  if a.steps:
-    c.train.num_steps = a.steps
-  if a.batch:
-    c.data.global_batch_size = a.batch
-  return c
+  return common.steps_and_batch(c, a)
