@@ -1,7 +1,9 @@
-"""Small numerics shared by the gaze decoder (and reused by the VideoMAE / gazed ViT).
+"""Small numerics shared by the gaze decoder, the VideoMAE judge, the gazed ViT and the perceptual nets.
 
-Everything here is a pure function of arrays. Norms, softmax and RoPE tables are float32 whatever the
-compute dtype, as in the official model (HF LlamaRMSNorm / eager attention upcast to float32).
+Pure functions of arrays, plus the two NNX param holders (`Dense`, `LayerNorm`) whose names
+(`kernel`/`scale`, `bias`) every checkpoint converter maps to, and the one pre-LayerNorm transformer
+block of the ViT-family encoders. Norms, softmax and RoPE tables are float32 whatever the compute
+dtype, as in the official model (HF LlamaRMSNorm / eager attention upcast to float32).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from autogaze_jax.kernels import cpu as cpu_kernels
 
@@ -37,6 +40,63 @@ def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax
   """x @ kernel (+ bias) in x's dtype; kernel is (in, out) as in Flax."""
   y = jnp.dot(x, kernel.astype(x.dtype))
   return y if bias is None else y + bias.astype(x.dtype)
+
+
+class Dense(nnx.Module):
+  """A linear layer's params: kernel (in, out) = the torch weight transposed, bias (out,) (zeros if None).
+  The caller draws the kernel, so each model keeps its own init scheme and random stream."""
+
+  def __init__(self, kernel, bias=None):
+    kernel = jnp.asarray(kernel, jnp.float32)
+    self.kernel = nnx.Param(kernel)
+    self.bias = nnx.Param(jnp.zeros(kernel.shape[-1:], jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32))
+
+  def arrays(self) -> tuple[jax.Array, jax.Array]:
+    return self.kernel[...], self.bias[...]
+
+
+class LayerNorm(nnx.Module):
+  """torch.nn.LayerNorm params: scale (weight) ones, bias zeros."""
+
+  def __init__(self, dim: int):
+    self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
+
+  def arrays(self) -> tuple[jax.Array, jax.Array]:
+    return self.scale[...], self.bias[...]
+
+
+BLOCK_PARTS = ("ln1", "q", "k", "v", "o", "ln2", "fc1", "fc2")
+
+
+def block_weights(*modules) -> dict:
+  """`transformer_block` weights from a block's eight modules, in BLOCK_PARTS order (LayerNorm / Dense)."""
+  return {part: m.arrays() for part, m in zip(BLOCK_PARTS, modules, strict=True)}
+
+
+def transformer_block(w: dict, x: jax.Array, attention, *, heads: int, eps: float, dtype, tanh_gelu: bool):
+  """One pre-LayerNorm encoder layer (HF ViT / ViTMAE / SigLIP / DINOv2) on the float32 residual stream.
+
+  x (B, L, D) float32; matmuls in `dtype`, each branch added back in float32. w: {part: (kernel or
+  scale, bias)} for BLOCK_PARTS, plus optional "ls1" / "ls2" (D,) layer scales (DINOv2).
+  attention(q, k, v) maps (B, L, heads, D/heads) queries/keys/values to the same shape: the models
+  differ in their masks and kernels only. tanh_gelu: SigLIP's `gelu_pytorch_tanh`; else exact erf GELU.
+  """
+  b, length, d = x.shape
+  h = layer_norm(x, *w["ln1"], eps).astype(dtype)
+  q, k, v = (dense(h, *w[part]).reshape(b, length, heads, d // heads) for part in ("q", "k", "v"))
+  a = dense(attention(q, k, v).reshape(b, length, d), *w["o"]).astype(jnp.float32)
+  x = x + (a * w["ls1"] if "ls1" in w else a)
+  h = layer_norm(x, *w["ln2"], eps).astype(dtype)
+  h = jax.nn.gelu(dense(h, *w["fc1"]), approximate=tanh_gelu)
+  h = dense(h, *w["fc2"]).astype(jnp.float32)
+  return x + (h * w["ls2"] if "ls2" in w else h)
+
+
+def slot_frames(num_gazing_each_frame: jax.Array, n: int) -> jax.Array:
+  """(N,) int32 frame of every gaze slot from the per-frame slot counts (T,) (which include padding)."""
+  ends = jnp.cumsum(num_gazing_each_frame.astype(jnp.int32))
+  return jnp.searchsorted(ends, jnp.arange(n, dtype=jnp.int32), side="right").astype(jnp.int32)
 
 
 def llama3_inv_freq(head_dim: int, theta: float, scaling) -> np.ndarray:

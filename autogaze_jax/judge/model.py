@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from autogaze_jax.core.layers import dense, layer_norm
+from autogaze_jax.core.layers import Dense, LayerNorm, block_weights, dense, layer_norm, slot_frames, transformer_block
 from autogaze_jax.core.flash_attention import flash_attention
 from autogaze_jax.judge.segment_attention import segment_attention
 from autogaze_jax.core.resize import bicubic_matrix, resize_bicubic
@@ -38,16 +38,9 @@ def _normal(rngs, shape, std):
   return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32))
 
 
-class Dense(nnx.Module):
-  def __init__(self, din, dout, std, rngs):
-    self.kernel = _normal(rngs, (din, dout), std)
-    self.bias = nnx.Param(jnp.zeros((dout,), jnp.float32))
-
-
-class LayerNorm(nnx.Module):
-  def __init__(self, dim):
-    self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
-    self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
+def _dense(din, dout, std, rngs) -> Dense:
+  """N(0, std^2) kernel, zero bias (the official init)."""
+  return Dense(std * jax.random.normal(rngs.params(), (din, dout), jnp.float32))
 
 
 class Block(nnx.Module):
@@ -55,11 +48,11 @@ class Block(nnx.Module):
 
   def __init__(self, d, f, std, rngs):
     self.layernorm_before = LayerNorm(d)
-    self.query, self.key, self.value = Dense(d, d, std, rngs), Dense(d, d, std, rngs), Dense(d, d, std, rngs)
-    self.attention_output = Dense(d, d, std, rngs)
+    self.query, self.key, self.value = _dense(d, d, std, rngs), _dense(d, d, std, rngs), _dense(d, d, std, rngs)
+    self.attention_output = _dense(d, d, std, rngs)
     self.layernorm_after = LayerNorm(d)
-    self.intermediate = Dense(d, f, std, rngs)
-    self.output = Dense(f, d, std, rngs)
+    self.intermediate = _dense(d, f, std, rngs)
+    self.output = _dense(f, d, std, rngs)
 
 
 def sincos_2d(dim: int, grid: int) -> np.ndarray:
@@ -102,13 +95,13 @@ class Encoder(nnx.Module):
 class Decoder(nnx.Module):
   def __init__(self, cfg, rngs):
     dd, std = cfg.decoder_hidden_size, cfg.initializer_range
-    self.decoder_embed = Dense(cfg.hidden_size, dd, std, rngs)
+    self.decoder_embed = _dense(cfg.hidden_size, dd, std, rngs)
     self.mask_token = _normal(rngs, (1, 1, dd), std)
     self.decoder_pos_embed = nnx.Param(jnp.asarray(sincos_2d(dd, cfg.grid))[None])
     self.decoder_layers = nnx.List([Block(dd, cfg.decoder_intermediate_size, std, rngs)
                                     for _ in range(cfg.decoder_num_hidden_layers)])
     self.decoder_norm = LayerNorm(dd)
-    self.decoder_pred = Dense(dd, cfg.patch_dim, std, rngs)
+    self.decoder_pred = _dense(dd, cfg.patch_dim, std, rngs)
     if cfg.scale_embed:
       self.decoder_scale_embed = _normal(rngs, (len(cfg.scales), dd), std)
     if cfg.time_embed:
@@ -134,35 +127,30 @@ def abstract_params(cfg: VideoMAEConfig):
 
 # ---------------------------------------------------------------- pure math
 def _block_arrays(b: Block) -> dict:
-  g = lambda m: (m.kernel[...], m.bias[...])  # noqa: E731
-  return {"ln1": (b.layernorm_before.scale[...], b.layernorm_before.bias[...]), "q": g(b.query), "k": g(b.key),
-          "v": g(b.value), "o": g(b.attention_output), "ln2": (b.layernorm_after.scale[...], b.layernorm_after.bias[...]),
-          "fc1": g(b.intermediate), "fc2": g(b.output)}
+  return block_weights(b.layernorm_before, b.query, b.key, b.value, b.attention_output, b.layernorm_after,
+                       b.intermediate, b.output)
 
 
 def _block(w, x, q_seg, k_valid, self_edge, *, heads, eps, dtype, attn_impl, attn_block, groups=None):
-  """One pre-LN block; x (B,L,D) float32 residual stream, matmuls in `dtype`.
+  """One ViTMAE layer (`core.layers.transformer_block`, exact GELU) with frame-segment attention; x
+  (B,L,D) float32 residual stream, matmuls in `dtype`.
 
   groups: None, or static (q_start, q_end, k_end) row ranges covering [0, L) whose queries only need
   keys [0, k_end) (the block-causal structure of the decoder's reconstructed frames, see `decode`).
   """
-  bsz, length, d = x.shape
-  h = layer_norm(x, *w["ln1"], eps).astype(dtype)
-  split = lambda t: t.reshape(bsz, length, heads, d // heads)  # noqa: E731
-  q, k, v = (split(dense(h, *w[n])) for n in ("q", "k", "v"))
-  att = lambda s, e, ke: segment_attention(  # noqa: E731
-      q[:, s:e], k[:, :ke], v[:, :ke], q_seg[:, s:e], q_seg[:, :ke], k_valid[:, :ke],
-      None if self_edge is None else self_edge[:, s:e], q_offset=s)
-  if attn_impl == "flash":   # tiles skip the block-causal upper triangle by themselves: no groups needed
-    a = flash_attention(q, k, v, q_seg[0], q_seg[0], k_valid, block=attn_block, self_edge=self_edge)
-  elif groups is None:
-    a = att(0, length, length)
-  else:
-    a = jnp.concatenate([att(s, e, ke) for s, e, ke in groups], axis=1)
-  x = x + dense(a.reshape(bsz, length, d), *w["o"]).astype(jnp.float32)
-  h = layer_norm(x, *w["ln2"], eps).astype(dtype)
-  h = jax.nn.gelu(dense(h, *w["fc1"]), approximate=False)
-  return x + dense(h, *w["fc2"]).astype(jnp.float32)
+  length = x.shape[1]
+
+  def attention(q, k, v):
+    if attn_impl == "flash":   # tiles skip the block-causal upper triangle by themselves: no groups needed
+      return flash_attention(q, k, v, q_seg[0], q_seg[0], k_valid, block=attn_block, self_edge=self_edge)
+    att = lambda s, e, ke: segment_attention(  # noqa: E731
+        q[:, s:e], k[:, :ke], v[:, :ke], q_seg[:, s:e], q_seg[:, :ke], k_valid[:, :ke],
+        None if self_edge is None else self_edge[:, s:e], q_offset=s)
+    if groups is None:
+      return att(0, length, length)
+    return jnp.concatenate([att(s, e, ke) for s, e, ke in groups], axis=1)
+
+  return transformer_block(w, x, attention, heads=heads, eps=eps, dtype=dtype, tanh_gelu=False)
 
 
 def _run_blocks(cfg: VideoMAEConfig, layers, x, q_seg, k_valid, self_edge, heads, groups=None):
@@ -181,12 +169,6 @@ def _run_blocks(cfg: VideoMAEConfig, layers, x, q_seg, k_valid, self_edge, heads
   stacked = jax.tree.map(lambda *a: jnp.stack(a), *ws)
   x, _ = jax.lax.scan(lambda h, w: (fn(w, h), None), x, stacked)
   return x
-
-
-def slot_frames(num_gazing_each_frame: jax.Array, n: int) -> jax.Array:
-  """(N,) int32 frame of each slot from the per-frame slot counts (T,) (counts include padding)."""
-  ends = jnp.cumsum(num_gazing_each_frame.astype(jnp.int32))
-  return jnp.searchsorted(ends, jnp.arange(n, dtype=jnp.int32), side="right").astype(jnp.int32)
 
 
 def pixel_patches(cfg: VideoMAEConfig, video: jax.Array) -> jax.Array:
