@@ -1,14 +1,19 @@
 """Frozen perceptual feature extractors for the reconstruction loss.
 
-DINOv2-with-registers (HF `Dinov2WithRegistersModel`) and SigLIP2 vision (HF `SiglipVisionModel`), as
-pure functions over a flat dict of arrays keyed by the HF parameter names (linear weights stored
-(in, out), conv weights HWIO). They are frozen judges, loaded from local safetensors only (nothing
-downloads); a random init exists only for tests with tiny configs.
+DINOv2-with-registers (HF `Dinov2WithRegistersModel`) and SigLIP2 vision (HF `SiglipVisionModel`). They
+are frozen judges, loaded from local safetensors only (nothing downloads); a random init exists only for
+tests with tiny configs.
+
+SigLIP2 is the gazed ViT's tower (vit/model.py) run on whole frames with bidirectional attention and no
+pooling head, its params converted by interop/siglip.py: one SigLIP implementation, one name table.
+DINOv2 has another embedding (cls + register tokens, a resized table), layer scales and exact GELU, so
+it only shares the encoder layer (`core.layers.transformer_block`); its params stay a flat dict keyed by
+the HF names (linear weights stored (in, out), conv weights HWIO).
 
 `features(net, images)`: images (M,3,224,224) in the *task* space (ImageNet-normalised `x/127.5-1`)
 -> (M, tokens, 4*width) = the last 4 `hidden_states` (before the final LayerNorm),
 concatenated on channels; DINOv2 drops cls + registers. `PerceptualNet` is a pytree: arrays are
-leaves, the config is static.
+leaves, the config (and the ViT graph) static.
 
 Unverified against torch here (no torch on this machine): DINOv2's position table is resized
 37x37 -> 16x16 by torch's *antialiased* bicubic (`antialias=True`, a = -0.5, PIL-style support),
@@ -18,14 +23,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from autogaze_jax.interop import siglip
 from autogaze_jax.interop.common import CheckpointError, read_safetensors
-from autogaze_jax.core.layers import attend, dense, layer_norm
+from autogaze_jax.core.layers import attend, dense, transformer_block
+from autogaze_jax.vit.model import GazedViTConfig, abstract_params, plain_hidden_states
 from autogaze_jax.gaze.preprocess import IMAGENET_MEAN as TASK_MEAN, IMAGENET_STD as TASK_STD  # the vit-mae preprocessor's
 
 
@@ -54,53 +63,49 @@ SIGLIP2_BASE = ExtractorConfig("siglip2", patch_size=16, num_registers=0, pos_gr
 @flax.struct.dataclass
 class PerceptualNet:
   cfg: ExtractorConfig = flax.struct.field(pytree_node=False)
-  params: dict
+  params: Any                    # dinov2_reg: {HF name: array}; siglip2: the gazed ViT's params (nnx.State)
+  graphdef: Any = flax.struct.field(pytree_node=False, default=None)   # siglip2: the gazed ViT's graph
+
+
+def _vit_config(cfg: ExtractorConfig) -> GazedViTConfig:
+  """The gazed ViT that is SigLIP2's vision tower: one scale (the input size, so the frames are not
+  resized), bidirectional attention, no pooling head. Its table side is `pos_grid`."""
+  return GazedViTConfig(hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                        image_size=cfg.pos_grid * cfg.patch_size, patch_size=cfg.patch_size,
+                        layer_norm_eps=cfg.eps, scales=(cfg.image_size,), attn_type="bidirectional",
+                        use_head=False)
 
 
 # ---------------------------------------------------------------- names
-def _layer_names(cfg: ExtractorConfig, i: int) -> dict:
-  """our key -> (HF name, kind) for layer i; kind in {linear, vec, ls}."""
-  if cfg.kind == "dinov2_reg":
-    p = f"encoder.layer.{i}."
-    m = {"ln1": "norm1", "ln2": "norm2", "q": "attention.attention.query", "k": "attention.attention.key",
-         "v": "attention.attention.value", "o": "attention.output.dense", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
-  else:
-    p = f"vision_model.encoder.layers.{i}."
-    m = {"ln1": "layer_norm1", "ln2": "layer_norm2", "q": "self_attn.q_proj", "k": "self_attn.k_proj",
-         "v": "self_attn.v_proj", "o": "self_attn.out_proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
-  return {k: p + v for k, v in m.items()}
+_DINOV2_LAYER = {"ln1": "norm1", "ln2": "norm2", "q": "attention.attention.query", "k": "attention.attention.key",
+                 "v": "attention.attention.value", "o": "attention.output.dense", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
 
 
 def expected_shapes(cfg: ExtractorConfig) -> dict[str, tuple]:
-  """HF tensor name -> torch shape, for the tensors the features use."""
+  """HF tensor name -> torch shape, for the tensors a net loads."""
+  if cfg.kind == "siglip2":
+    return {siglip.MARK + k: s for k, s in siglip.expected_shapes(_vit_config(cfg)).items()}
   d, f, p = cfg.hidden_size, cfg.intermediate_size, cfg.patch_size
-  out = {}
-  if cfg.kind == "dinov2_reg":
-    out.update({"embeddings.cls_token": (1, 1, d), "embeddings.register_tokens": (1, cfg.num_registers, d),
-                "embeddings.position_embeddings": (1, 1 + cfg.pos_grid ** 2, d),
-                "embeddings.patch_embeddings.projection.weight": (d, 3, p, p),
-                "embeddings.patch_embeddings.projection.bias": (d,)})
-  else:
-    out.update({"vision_model.embeddings.patch_embedding.weight": (d, 3, p, p),
-                "vision_model.embeddings.patch_embedding.bias": (d,),
-                "vision_model.embeddings.position_embedding.weight": (cfg.pos_grid ** 2, d)})
+  out = {"embeddings.cls_token": (1, 1, d), "embeddings.register_tokens": (1, cfg.num_registers, d),
+         "embeddings.position_embeddings": (1, 1 + cfg.pos_grid ** 2, d),
+         "embeddings.patch_embeddings.projection.weight": (d, 3, p, p),
+         "embeddings.patch_embeddings.projection.bias": (d,)}
   for i in range(cfg.num_layers):
-    n = _layer_names(cfg, i)
+    n = {part: f"encoder.layer.{i}.{name}" for part, name in _DINOV2_LAYER.items()}
     for k in ("ln1", "ln2"):
       out[n[k] + ".weight"], out[n[k] + ".bias"] = (d,), (d,)
     for k in ("q", "k", "v", "o"):
       out[n[k] + ".weight"], out[n[k] + ".bias"] = (d, d), (d,)
     out[n["fc1"] + ".weight"], out[n["fc1"] + ".bias"] = (f, d), (f,)
     out[n["fc2"] + ".weight"], out[n["fc2"] + ".bias"] = (d, f), (d,)
-    if cfg.kind == "dinov2_reg":
-      out[f"encoder.layer.{i}.layer_scale1.lambda1"] = (d,)
-      out[f"encoder.layer.{i}.layer_scale2.lambda1"] = (d,)
+    out[f"encoder.layer.{i}.layer_scale1.lambda1"] = (d,)
+    out[f"encoder.layer.{i}.layer_scale2.lambda1"] = (d,)
   return out
 
 
-# Tensors of the HF checkpoints that the features never use (heads, final norms, mask token).
-_UNUSED = {"dinov2_reg": ("embeddings.mask_token", "layernorm."),
-           "siglip2": ("vision_model.post_layernorm.", "vision_model.head.")}
+# Tensors of the HF checkpoints that the features never use (heads, the final norm, mask token).
+_UNUSED = {"dinov2_reg": ("embeddings.mask_token", "layernorm."), "siglip2": (siglip.MARK + "head.",)}
 _STRIP = {"dinov2_reg": ("module.", "mae.", "dinov2_reg."), "siglip2": ("module.", "mae.", "siglip2.")}
 
 
@@ -113,6 +118,14 @@ def from_tensors(cfg: ExtractorConfig, tensors: dict[str, np.ndarray]) -> Percep
         k = k[len(p):]
     if not k.startswith(_UNUSED[cfg.kind]):
       clean[k] = a
+  if cfg.kind == "siglip2":
+    vcfg = _vit_config(cfg)
+    tree, ignored = siglip.hf_to_params(vcfg, clean)
+    if ignored:
+      raise CheckpointError(f"siglip2 tensors do not match the config: unexpected {ignored}")
+    graphdef, state = abstract_params(vcfg)
+    state.replace_by_pure_dict(jax.tree.map(jnp.asarray, tree))
+    return PerceptualNet(cfg, state, graphdef)
   want = expected_shapes(cfg)
   missing, unknown = sorted(set(want) - set(clean)), sorted(set(clean) - set(want))
   if missing or unknown:
@@ -124,12 +137,12 @@ def from_tensors(cfg: ExtractorConfig, tensors: dict[str, np.ndarray]) -> Percep
       raise CheckpointError(f"{cfg.kind} tensor {k} has shape {a.shape}, expected {shape}")
     if a.ndim == 4:
       a = a.transpose(2, 3, 1, 0)                       # OIHW -> HWIO
-    elif a.ndim == 2 and not k.endswith("position_embedding.weight"):
+    elif a.ndim == 2:
       a = a.T                                           # (out,in) -> (in,out)
     params[k] = jnp.asarray(a)
-  if cfg.kind == "dinov2_reg":   # constant: the stored table resized once to this input size
-    params["embeddings.position_embeddings"] = jnp.asarray(_dinov2_pos(cfg, np.asarray(clean[
-        "embeddings.position_embeddings"], np.float32)))
+  # constant: the stored table resized once to this input size
+  params["embeddings.position_embeddings"] = jnp.asarray(_dinov2_pos(cfg, np.asarray(clean[
+      "embeddings.position_embeddings"], np.float32)))
   return PerceptualNet(cfg, params)
 
 
@@ -206,48 +219,37 @@ def _to_input(kind: str, z: jax.Array) -> jax.Array:
 
 def features(net: PerceptualNet, images: jax.Array, dtype=jnp.float32) -> jax.Array:
   """images (M,3,H,W) task space -> (M, tokens, 4*width) float32 (see module docstring)."""
-  cfg, p = net.cfg, net.params
+  cfg = net.cfg
   x = _to_input(cfg.kind, images.astype(jnp.float32))
-  m, g, ps, d = x.shape[0], cfg.grid, cfg.patch_size, cfg.hidden_size
-  patches = x.reshape(m, 3, g, ps, g, ps).transpose(0, 2, 4, 3, 5, 1).reshape(m, g * g, ps * ps * 3)
-  if cfg.kind == "dinov2_reg":
-    w, b = p["embeddings.patch_embeddings.projection.weight"], p["embeddings.patch_embeddings.projection.bias"]
-    tok = dense(patches.astype(dtype), w.reshape(-1, d), b).astype(jnp.float32)
-    pos = p["embeddings.position_embeddings"]
-    cls = jnp.broadcast_to(p["embeddings.cls_token"] + pos[:, :1], (m, 1, d))
-    reg = jnp.broadcast_to(p["embeddings.register_tokens"], (m, cfg.num_registers, d))
-    h = jnp.concatenate([cls, reg, tok + pos[:, 1:]], axis=1)
-    drop = 1 + cfg.num_registers
-  else:
-    w, b = p["vision_model.embeddings.patch_embedding.weight"], p["vision_model.embeddings.patch_embedding.bias"]
-    tok = dense(patches.astype(dtype), w.reshape(-1, d), b).astype(jnp.float32)
-    h = tok + p["vision_model.embeddings.position_embedding.weight"][None]
+  if cfg.kind == "siglip2":
+    vcfg = _vit_config(cfg).replace(dtype=jnp.dtype(dtype).name)
+    hidden = plain_hidden_states(vcfg, nnx.merge(net.graphdef, net.params), x[:, None])
     drop = 0
-  hidden = [h]
-  for i in range(cfg.num_layers):
-    h = _layer(cfg, p, i, h, dtype)
-    hidden.append(h)
+  else:
+    hidden = _dinov2_hidden_states(cfg, net.params, x, dtype)
+    drop = 1 + cfg.num_registers
   return jnp.concatenate([t[:, drop:] for t in hidden[-4:]], axis=-1)
 
 
-def _layer(cfg, p, i, x, dtype):
-  n = _layer_names(cfg, i)
-  m, length, d = x.shape
-  heads = cfg.num_heads
-  lin = lambda h, k: dense(h, p[n[k] + ".weight"], p[n[k] + ".bias"])  # noqa: E731
-  h = layer_norm(x, p[n["ln1"] + ".weight"], p[n["ln1"] + ".bias"], cfg.eps).astype(dtype)
-  q, k, v = (lin(h, t).reshape(m, length, heads, d // heads) for t in ("q", "k", "v"))
-  a = attend(q, k, v, jnp.ones((m, length, length), bool)).reshape(m, length, d)
-  a = lin(a, "o").astype(jnp.float32)
-  if cfg.kind == "dinov2_reg":
-    a = a * p[f"encoder.layer.{i}.layer_scale1.lambda1"]
-  x = x + a
-  h = layer_norm(x, p[n["ln2"] + ".weight"], p[n["ln2"] + ".bias"], cfg.eps).astype(dtype)
-  h = jax.nn.gelu(lin(h, "fc1"), approximate=cfg.kind == "siglip2")   # SigLIP: tanh GELU; DINOv2: exact
-  h = lin(h, "fc2").astype(jnp.float32)
-  if cfg.kind == "dinov2_reg":
-    h = h * p[f"encoder.layer.{i}.layer_scale2.lambda1"]
-  return x + h
+def _dinov2_hidden_states(cfg: ExtractorConfig, p: dict, x: jax.Array, dtype) -> list[jax.Array]:
+  """HF `hidden_states` of DINOv2-with-registers on x (M,3,H,W) in its input space: [embeddings
+  (cls, registers, patches), after layer 1, ..., after layer L], float32."""
+  m, g, ps, d = x.shape[0], cfg.grid, cfg.patch_size, cfg.hidden_size
+  patches = x.reshape(m, 3, g, ps, g, ps).transpose(0, 2, 4, 3, 5, 1).reshape(m, g * g, ps * ps * 3)
+  w, b = p["embeddings.patch_embeddings.projection.weight"], p["embeddings.patch_embeddings.projection.bias"]
+  tok = dense(patches.astype(dtype), w.reshape(-1, d), b).astype(jnp.float32)
+  pos = p["embeddings.position_embeddings"]
+  cls = jnp.broadcast_to(p["embeddings.cls_token"] + pos[:, :1], (m, 1, d))
+  reg = jnp.broadcast_to(p["embeddings.register_tokens"], (m, cfg.num_registers, d))
+  hidden = [jnp.concatenate([cls, reg, tok + pos[:, 1:]], axis=1)]
+  full = lambda q, k, v: attend(q, k, v, jnp.ones((q.shape[0], q.shape[1], k.shape[1]), bool))  # noqa: E731
+  for i in range(cfg.num_layers):
+    n = f"encoder.layer.{i}."
+    w = {part: (p[n + name + ".weight"], p[n + name + ".bias"]) for part, name in _DINOV2_LAYER.items()}
+    w.update(ls1=p[n + "layer_scale1.lambda1"], ls2=p[n + "layer_scale2.lambda1"])
+    hidden.append(transformer_block(w, hidden[-1], full, heads=cfg.num_heads, eps=cfg.eps, dtype=dtype,
+                                    tanh_gelu=False))
+  return hidden
 
 
 def feature_loss(net: PerceptualNet, pred: jax.Array, target: jax.Array, dtype=jnp.float32) -> jax.Array:

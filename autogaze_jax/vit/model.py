@@ -51,17 +51,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from autogaze_jax.core.layers import MASK_VALUE, attend, dense, layer_norm
+from autogaze_jax.core.config_base import ConfigBase
+from autogaze_jax.core.layers import (MASK_VALUE, Dense, LayerNorm, attend, block_weights, dense, layer_norm,
+                                      slot_frames, transformer_block)
 from autogaze_jax.core.patches import ScaleLayout, multiscale_patches
 from autogaze_jax.core.resize import resize_bicubic
 
 ATTN_TYPES = ("block_causal", "causal", "bidirectional")
-DTYPES = ("float32", "bfloat16")
 
 
 # ---------------------------------------------------------------- config
 @dataclasses.dataclass(frozen=True)
-class GazedViTConfig:
+class GazedViTConfig(ConfigBase):
   """HF `SiglipVisionConfig` + the official AutoGaze fields (`scales`, `attn_type`,
   `frame_independent_encoding`). Defaults: SigLIP-B/16-224, which is also the official
   integration's encoder (`google/siglip2-base-patch16-224`, same architecture), with the released
@@ -84,20 +85,15 @@ class GazedViTConfig:
 
   def __post_init__(self):
     object.__setattr__(self, "scales", tuple(int(s) for s in self.scales))
-    checks = [
-        (self.hidden_size % self.num_attention_heads == 0, "hidden_size",
-         f"a multiple of num_attention_heads={self.num_attention_heads}"),
-        # not a multiple in general: so400m-patch14-384 has a 27x27 table (HF uses image_size // patch_size)
-        (self.image_size >= self.patch_size, "image_size", f">= patch_size={self.patch_size}"),
-        (self.attn_type in ATTN_TYPES, "attn_type", f"one of {ATTN_TYPES}"),
-        (self.dtype in DTYPES, "dtype", f"one of {DTYPES}"),
-        (self.attn_block > 0, "attn_block", "> 0"),
-        (not self.frame_independent_encoding or self.attn_type == "block_causal", "frame_independent_encoding",
-         "only with attn_type='block_causal' (as official)"),
-    ]
-    for ok, name, want in checks:
-      if not ok:
-        raise ValueError(f"GazedViTConfig.{name} = {getattr(self, name)!r}: expected {want}")
+    self._check(self.hidden_size % self.num_attention_heads == 0, "hidden_size", self.hidden_size,
+                f"a multiple of num_attention_heads={self.num_attention_heads}")
+    # not a multiple in general: so400m-patch14-384 has a 27x27 table (HF uses image_size // patch_size)
+    self._check(self.image_size >= self.patch_size, "image_size", self.image_size, f">= patch_size={self.patch_size}")
+    self._check(self.attn_type in ATTN_TYPES, "attn_type", self.attn_type, f"one of {ATTN_TYPES}")
+    self._check_dtype()
+    self._check(self.attn_block > 0, "attn_block", self.attn_block, "> 0")
+    self._check(not self.frame_independent_encoding or self.attn_type == "block_causal", "frame_independent_encoding",
+                self.frame_independent_encoding, "only with attn_type='block_causal' (as official)")
     ScaleLayout(self.scales, self.patch_size)  # raises on scales that are not multiples of the patch
 
   @property
@@ -116,13 +112,6 @@ class GazedViTConfig:
   @property
   def patch_dim(self) -> int:
     return self.num_channels * self.patch_size ** 2
-
-  @property
-  def jnp_dtype(self):
-    return jnp.dtype(self.dtype)
-
-  def replace(self, **kw) -> "GazedViTConfig":
-    return dataclasses.replace(self, **kw)
 
   @classmethod
   def named(cls, name: str, **kw) -> "GazedViTConfig":
@@ -178,37 +167,31 @@ def _param(a) -> nnx.Param:
   return nnx.Param(jnp.asarray(np.asarray(a, np.float32)))
 
 
-def _xavier(rng, din, dout, shape=None):
+def _xavier(rng, din, dout, shape=None) -> np.ndarray:
   lim = math.sqrt(6.0 / (din + dout))
-  return _param(rng.uniform(-lim, lim, size=shape or (din, dout)))
+  return rng.uniform(-lim, lim, size=shape or (din, dout))
 
 
-class Dense(nnx.Module):
-  """kernel (in, out) = HF weight.T; bias (out,)."""
-
-  def __init__(self, din, dout, rng, init="xavier", bias_std=0.0):
-    if init == "xavier":
-      self.kernel = _xavier(rng, din, dout)
-    else:  # lecun normal, the HF default for nn.Linear / nn.Conv2d
-      self.kernel = _param(rng.normal(size=(din, dout)) / math.sqrt(din))
-    self.bias = _param(bias_std * rng.normal(size=(dout,)) if bias_std else np.zeros((dout,)))
-
-
-class LayerNorm(nnx.Module):
-  def __init__(self, dim):
-    self.scale = _param(np.ones((dim,)))
-    self.bias = _param(np.zeros((dim,)))
+def _dense(din, dout, rng, init="xavier", bias_std=0.0) -> Dense:
+  """kernel (in, out) = HF weight.T: xavier uniform, or lecun normal (the HF default for nn.Linear /
+  nn.Conv2d); bias zeros, or N(0, bias_std^2) as SigLIP's MLPs."""
+  if init == "xavier":
+    kernel = _xavier(rng, din, dout)
+  else:
+    kernel = rng.normal(size=(din, dout)) / math.sqrt(din)
+  return Dense(np.asarray(kernel, np.float32),
+               np.asarray(bias_std * rng.normal(size=(dout,)), np.float32) if bias_std else None)
 
 
 class Attention(nnx.Module):
   def __init__(self, d, rng):
-    self.q_proj, self.k_proj, self.v_proj, self.out_proj = (Dense(d, d, rng) for _ in range(4))
+    self.q_proj, self.k_proj, self.v_proj, self.out_proj = (_dense(d, d, rng) for _ in range(4))
 
 
 class MLP(nnx.Module):
   def __init__(self, d, f, rng):
-    self.fc1 = Dense(d, f, rng, bias_std=1e-6)
-    self.fc2 = Dense(f, d, rng, bias_std=1e-6)
+    self.fc1 = _dense(d, f, rng, bias_std=1e-6)
+    self.fc2 = _dense(f, d, rng, bias_std=1e-6)
 
 
 class EncoderLayer(nnx.Module):
@@ -225,7 +208,7 @@ class Embeddings(nnx.Module):
   """patch_embedding.kernel is the conv weight flattened in (c, ky, kx) order: (C*p*p, D)."""
 
   def __init__(self, cfg: GazedViTConfig, rng):
-    self.patch_embedding = Dense(cfg.patch_dim, cfg.hidden_size, rng, init="lecun")
+    self.patch_embedding = _dense(cfg.patch_dim, cfg.hidden_size, rng, init="lecun")
     self.position_embedding = _param(rng.normal(size=(cfg.num_positions, cfg.hidden_size))
                                      / math.sqrt(cfg.hidden_size))
 
@@ -234,8 +217,8 @@ class PoolAttention(nnx.Module):
   """torch.nn.MultiheadAttention: in_proj.kernel (D, 3D) = in_proj_weight.T ([q | k | v] columns)."""
 
   def __init__(self, d, rng):
-    self.in_proj = Dense(d, 3 * d, rng)
-    self.out_proj = Dense(d, d, rng, init="lecun")
+    self.in_proj = _dense(d, 3 * d, rng)
+    self.out_proj = _dense(d, d, rng, init="lecun")
 
 
 class PoolingHead(nnx.Module):
@@ -243,7 +226,7 @@ class PoolingHead(nnx.Module):
 
   def __init__(self, cfg: GazedViTConfig, rng):
     d = cfg.hidden_size
-    self.probe = _xavier(rng, d, d, shape=(1, 1, d))
+    self.probe = _param(_xavier(rng, d, d, shape=(1, 1, d)))
     self.attention = PoolAttention(d, rng)
     self.layernorm = LayerNorm(d)
     self.mlp = MLP(d, cfg.intermediate_size, rng)
@@ -381,24 +364,22 @@ def _attend_heads(qt, kt, vt, mask):
 
 
 def _layer(cfg: GazedViTConfig, lay: EncoderLayer, x, seg, valid, groups):
-  """One HF SiglipEncoderLayer on the float32 residual stream x (B, L, D)."""
-  b, length, d = x.shape
-  heads = cfg.num_attention_heads
-  dt = cfg.jnp_dtype
-  h = layer_norm(x, lay.layer_norm1.scale[...], lay.layer_norm1.bias[...], cfg.layer_norm_eps).astype(dt)
+  """One HF SiglipEncoderLayer (pre-LN attention + pre-LN tanh-GELU MLP) on the float32 residual stream
+  x (B, L, D); attention in the static query chunks `groups` (see `_query_groups`)."""
+
+  def attention(q, k, v):
+    q, k, v = (z.transpose(0, 2, 1, 3) for z in (q, k, v))   # head-major, see `_attend_heads`
+    outs = []
+    for qs, qe, ks, ke in groups:
+      mask = _visible(cfg, seg[:, qs:qe], seg[:, ks:ke], jnp.arange(qs, qe), jnp.arange(ks, ke), valid[:, ks:ke])
+      outs.append(_attend_heads(q[:, :, qs:qe], k[:, :, ks:ke], v[:, :, ks:ke], mask))
+    return (outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)).transpose(0, 2, 1, 3)
+
   sa = lay.self_attn
-  split = lambda z: z.reshape(b, length, heads, d // heads).transpose(0, 2, 1, 3)  # noqa: E731
-  q, k, v = (split(dense(h, m.kernel[...], m.bias[...])) for m in (sa.q_proj, sa.k_proj, sa.v_proj))
-  outs = []
-  for qs, qe, ks, ke in groups:
-    mask = _visible(cfg, seg[:, qs:qe], seg[:, ks:ke], jnp.arange(qs, qe), jnp.arange(ks, ke), valid[:, ks:ke])
-    outs.append(_attend_heads(q[:, :, qs:qe], k[:, :, ks:ke], v[:, :, ks:ke], mask))
-  a = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
-  a = a.transpose(0, 2, 1, 3).reshape(b, length, d)
-  x = x + dense(a, sa.out_proj.kernel[...], sa.out_proj.bias[...]).astype(jnp.float32)
-  h = layer_norm(x, lay.layer_norm2.scale[...], lay.layer_norm2.bias[...], cfg.layer_norm_eps).astype(dt)
-  h = jax.nn.gelu(dense(h, lay.mlp.fc1.kernel[...], lay.mlp.fc1.bias[...]), approximate=True)
-  return x + dense(h, lay.mlp.fc2.kernel[...], lay.mlp.fc2.bias[...]).astype(jnp.float32)
+  w = block_weights(lay.layer_norm1, sa.q_proj, sa.k_proj, sa.v_proj, sa.out_proj, lay.layer_norm2, lay.mlp.fc1,
+                    lay.mlp.fc2)
+  return transformer_block(w, x, attention, heads=cfg.num_attention_heads, eps=cfg.layer_norm_eps,
+                           dtype=cfg.jnp_dtype, tanh_gelu=True)
 
 
 def _pool(cfg: GazedViTConfig, head: PoolingHead, x, key_mask):
@@ -420,20 +401,32 @@ def _pool(cfg: GazedViTConfig, head: PoolingHead, x, key_mask):
   return (o + dense(h, head.mlp.fc2.kernel[...], head.mlp.fc2.bias[...]).astype(jnp.float32))[:, 0]
 
 
-def _encode(model: VisionTransformer, x, seg, valid, frame_slots, pool_valid_only):
-  cfg = model.cfg
+def hidden_states(cfg: GazedViTConfig, model: VisionTransformer, x, seg, valid, frame_slots) -> list[jax.Array]:
+  """HF `hidden_states` of the encoder: [x, after layer 1, ..., after layer L], each (B, L, D) float32,
+  before post_layernorm. x: the embedded tokens; seg (B, L) the frame of every slot; valid (B, L) bool;
+  frame_slots: see `forward`. `cfg` is `model.cfg`, or a copy with another compute dtype."""
   groups = _query_groups(cfg, x.shape[1], frame_slots)
+  out = [x]
   for lay in model.layers:
-    x = _layer(cfg, lay, x, seg, valid, groups)
+    out.append(_layer(cfg, lay, out[-1], seg, valid, groups))
+  return out
+
+
+def _outputs(cfg: GazedViTConfig, model: VisionTransformer, x, valid, pool_valid_only: bool) -> dict:
+  """The last hidden state -> post_layernorm and the optional pooling head (the dict of `forward`)."""
   x = layer_norm(x, model.post_layernorm.scale[...], model.post_layernorm.bias[...], cfg.layer_norm_eps)
   pooled = _pool(cfg, model.head, x, valid if pool_valid_only else None) if cfg.use_head else None
   return {"last_hidden_state": x, "pooler_output": pooled, "valid": valid}
 
 
-def slot_frames(num_gazing_each_frame: jax.Array, n: int) -> jax.Array:
-  """(N,) int32 frame of every slot from the per-frame slot counts (T,) (which include padding)."""
-  ends = jnp.cumsum(num_gazing_each_frame.astype(jnp.int32))
-  return jnp.searchsorted(ends, jnp.arange(n, dtype=jnp.int32), side="right").astype(jnp.int32)
+def plain_hidden_states(cfg: GazedViTConfig, model: VisionTransformer, frames) -> list[jax.Array]:
+  """`hidden_states` of the full-token ViT on frames (B, T, C, H, W): every finest-scale patch, frame-major
+  and row-major, frames attending as `cfg.attn_type` says. With T = 1 and a bidirectional config this is
+  the stock SigLIP vision tower, which is how judge/perceptual.py computes its SigLIP2 features."""
+  b, t = frames.shape[:2]
+  per = cfg.layout.tokens_per_scale[-1]
+  seg = jnp.broadcast_to(jnp.asarray(np.arange(t * per, dtype=np.int32) // per), (b, t * per))
+  return hidden_states(cfg, model, embed_plain(cfg, model.embeddings, frames), seg, jnp.ones((b, t * per), bool), per)
 
 
 # ---------------------------------------------------------------- public pure functions
@@ -473,7 +466,8 @@ def forward(graphdef, params, frames, gazing_pos, if_padded_gazing, num_gazing_e
                        f"{None if num_gazing_each_frame is None else num_gazing_each_frame.shape}")
     seg = slot_frames(num_gazing_each_frame, n)
   x, valid = embed_gazed(cfg, model.embeddings, frames, gazing_pos, if_padded_gazing)
-  return _encode(model, x, jnp.broadcast_to(seg, (b, n)), valid, frame_slots, pool_valid_only)
+  x = hidden_states(cfg, model, x, jnp.broadcast_to(seg, (b, n)), valid, frame_slots)[-1]
+  return _outputs(cfg, model, x, valid, pool_valid_only)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -486,11 +480,8 @@ def plain_forward(graphdef, params, frames) -> dict:
   model = nnx.merge(graphdef, params)
   cfg = model.cfg
   chex.assert_rank(frames, 5)
-  b, t = frames.shape[:2]
-  x = embed_plain(cfg, model.embeddings, frames)
-  per = cfg.layout.tokens_per_scale[-1]
-  seg = jnp.broadcast_to(jnp.asarray(np.arange(t * per, dtype=np.int32) // per), (b, t * per))
-  return _encode(model, x, seg, jnp.ones((b, t * per), bool), per, False)
+  x = plain_hidden_states(cfg, model, frames)[-1]
+  return _outputs(cfg, model, x, jnp.ones(x.shape[:2], bool), False)
 
 
 def finest_ids(cfg: GazedViTConfig, num_frames: int) -> np.ndarray:
