@@ -148,8 +148,8 @@ class GazeConfig(ConfigBase):
           connector_hidden_dim=int(cc["hidden_dim"]),
           scales=tuple(sorted(int(s) for s in str(d["scales"]).split("+"))),
           num_vision_tokens_each_frame=int(d["num_vision_tokens_each_frame"]),
-          input_img_size=int(gm.get("input_img_size", 224)),
-          max_num_frames=int(d.get("max_num_frames") or 16),
+          input_img_size=int(gm.get("input_img_size", cls.input_img_size)),
+          max_num_frames=int(d.get("max_num_frames") or cls.max_num_frames),
           raw_json=json.dumps(d, sort_keys=True),
           **overrides)
     except KeyError as e:

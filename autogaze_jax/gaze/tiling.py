@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from autogaze_jax.core.patches import ScaleLayout, gazing_pos_from_masks
+from autogaze_jax.gaze.config import GazeConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +100,8 @@ class VideoTiling:
     return self.nt * self.nh * self.nw
 
 
-def tile_video(pixel_values: np.ndarray, clip_len: int = 16, tile: int = 224):
+def tile_video(pixel_values: np.ndarray, clip_len: int = GazeConfig.max_num_frames,
+               tile: int = GazeConfig.input_img_size):
   """Normalised (T, 3, H, W) -> tiles (nt*nh*nw, clip_len, 3, tile, tile) in (nt, nh, nw) order."""
   t, c, h, w = pixel_values.shape
   nt, nh, nw = math.ceil(t / clip_len), math.ceil(h / tile), math.ceil(w / tile)

@@ -288,7 +288,7 @@ def decode(model: VideoMAE, enc, ids, real, seg, frame_idx_to_reconstruct, num_f
   dec = model.decoder
   b, n = ids.shape
   v, dd = cfg.tokens_per_frame, cfg.decoder_hidden_size
-  # Reconstructed frames are laid out in ascending frame order (static 265-row blocks), so the
+  # Reconstructed frames are laid out in ascending frame order (static V-row blocks), so the
   # queries of the j-th one only need keys up to the end of its own block: causal skipping halves the
   # attention work of the R block. `rank` restores the caller's order of R at the end.
   r_in = frame_idx_to_reconstruct.astype(jnp.int32)
@@ -359,7 +359,7 @@ def forward(graphdef, params, video, gazing_pos, if_padded_gazing, num_gazing_ea
 
 
 def check_gaze_inputs(gazing_pos, if_padded_gazing, num_gazing_each_frame, num_frames: int,
-                      tokens_per_frame: int = 265, frame_idx_to_reconstruct=None):
+                      tokens_per_frame: int, frame_idx_to_reconstruct=None):
   """Host-side validation (numpy); raises ValueError naming the first bad slot / frame.
 
   Checks: counts sum to N and are >= 0; every non-padded id lies in [0, T*V); reconstruct indices in

@@ -493,7 +493,7 @@ def finest_ids(cfg: GazedViTConfig, num_frames: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- fixed-capacity slots (host)
-def capacity_for_ratio(gazing_ratio: float | None, tokens_per_frame: int = 265) -> int:
+def capacity_for_ratio(gazing_ratio: float | None, tokens_per_frame: int) -> int:
   """Per-frame slot capacity of a gaze-ratio bucket: the official per-frame budget
   `int(float32(ratio) * V)` clamped to [1, V]; V without a ratio."""
   if gazing_ratio is None:

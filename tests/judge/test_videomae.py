@@ -205,16 +205,17 @@ def test_config_round_trip():
 # ---------------------------------------------------------------- bad input
 def test_out_of_range_id_in_real_slot():
   """Host check raises naming the slot; under jit such a slot behaves exactly like a padded one."""
-  _, g, p, _ = _model()
+  cfg, g, p, _ = _model()
+  v = cfg.tokens_per_frame
   video, pos, pad, cnt = _inputs()
-  check_gaze_inputs(pos, pad, cnt, 16)                          # the fixture is valid (padded ids may be anything)
+  check_gaze_inputs(pos, pad, cnt, 16, v)                       # the fixture is valid (padded ids may be anything)
   bad_pos = pos.copy()
   j = int(np.argmax(~pad[0] & (np.arange(pos.shape[1]) >= cnt[:3].sum())))   # a real slot in frame 3
   bad_pos[0, j] = 16 * 265 + 7
   with pytest.raises(ValueError, match=f"gazing_pos\\[0, {j}\\] = 4247"):
-    check_gaze_inputs(bad_pos, pad, cnt, 16)
+    check_gaze_inputs(bad_pos, pad, cnt, 16, v)
   with pytest.raises(ValueError, match="summing to N"):
-    check_gaze_inputs(pos, pad, cnt + 1, 16)
+    check_gaze_inputs(pos, pad, cnt + 1, 16, v)
   frames = np.array([9, 2])
   as_pad = pad.copy()
   as_pad[0, j] = True

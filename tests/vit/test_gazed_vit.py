@@ -315,7 +315,7 @@ def test_one_program_per_bucket(tiny, frames3):
 
 
 def test_capacity_and_flops():
-  assert [gv.capacity_for_ratio(r) for r in (1.0, 0.75, 0.25, 0.1, 0.05, 0.001, None)] == [265, 198, 66, 26, 13, 1, 265]
+  assert [gv.capacity_for_ratio(r, TINY.layout.tokens_per_frame) for r in (1.0, 0.75, 0.25, 0.1, 0.05, 0.001, None)] == [265, 198, 66, 26, 13, 1, 265]
   base = gv.GazedViTConfig()
   f = gv.count_flops(base, 16, 196)
   # SigLIP-B/16: 12 x (8 D^2 + 4 D F) per token plus the patch projection
