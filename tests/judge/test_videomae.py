@@ -16,8 +16,8 @@ from autogaze_jax.judge.losses import frame_losses, reconstruction_task
 from autogaze_jax.judge.model import check_gaze_inputs, init_params
 from autogaze_jax.core.sharding import make_mesh, param_specs, shard_batch, shard_params
 from autogaze_jax.judge.config import VideoMAEConfig, tiny_videomae_config
-from autogaze_jax.train.judge import (VideoMAETrainConfig, init_state, make_optimizer, make_train_step,
-                                         random_gaze)
+from autogaze_jax.train.judge import VideoMAETrainConfig, make_optimizer, make_train_step, random_gaze
+from autogaze_jax.train.state import TrainState
 
 DIR = os.path.join(FIXTURES, "videomae_tiny")
 CASES = ("recon_all_frames", "recon_frames_9_2")
@@ -274,13 +274,13 @@ def test_train_step_loss_decreases_and_tables_frozen():
   g, p = init_params(cfg, seed=2)
   tcfg = VideoMAETrainConfig(lr=1e-2, total_steps=8, warmup_frac=0.0, recon_frames=1)
   tx = make_optimizer(tcfg)
-  state = init_state(p, tx)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p))
   step = jax.jit(make_train_step(tcfg, g, tx), donate_argnums=0)
   batch, rng = _tiny_batch(), jax.random.key(3)
   pos0 = np.asarray(p["vit"]["embeddings"]["position_embeddings"][...])
   losses = []
   for _ in range(6):
-    state, m = step(state, batch, rng)
+    state, m = step(state, batch, rng, {})
     losses.append(float(m["loss"]))
     assert np.isfinite([float(v) for v in m.values()]).all()
   assert losses[-1] < 0.8 * losses[0], losses
