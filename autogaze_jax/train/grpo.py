@@ -17,7 +17,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 from flax import nnx
 
 from autogaze_jax.gaze.rollout import RolloutSpec, frame_slots, rollout_frames
@@ -25,7 +24,7 @@ from autogaze_jax.judge.load import judge_config, load_judge
 from autogaze_jax.judge.losses import reconstruction_task
 from autogaze_jax.train.algorithm import GazeModelAlgorithm, Models, gaze_config
 from autogaze_jax.train.ntp import NORM_EPS
-from autogaze_jax.train.state import ConfigError, TrainState, norm_metrics
+from autogaze_jax.train.state import ConfigError, TrainState, apply_update
 
 
 def discounted_advantages(reward, traj_len, if_padded_gazing, group: int, gamma: float):
@@ -128,18 +127,15 @@ def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, schedule=None):
     (_, (aux, _, _, _)), grads = jax.value_and_grad(policy_loss_fn, argnums=1, has_aux=True)(
         gaze_graphdef, state.params, video_rows, gp, pad, counts, task, g, cfg.discount_factor,
         cfg.optimize_task_loss_prediction)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    state, update_metrics = apply_update(state, tx, grads, schedule)
     reward = task["reward"]
-    metrics = {**aux, **norm_metrics(grads, state.params, updates), "temperature": temp,
+    metrics = {**aux, **update_metrics, "temperature": temp,
                "reward_mean": jnp.mean(reward), "reward_std": jnp.std(reward),
                "reconstruction_loss": task["reconstruction_loss"],
                "gaze_ratio": task["avg_gazing_ratio_per_frame"], "tau_mean": jnp.mean(tau),
                # each loss term of the judge (unweighted), negated as the reward is
                **{f"reward_{k}": -jnp.mean(v) for k, v in terms.items()}}
-    if schedule is not None:
-      metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return state, metrics
 
   return train_step
 

@@ -29,7 +29,7 @@ from autogaze_jax.judge.load import judge_config, load_judge
 from autogaze_jax.judge.losses import reconstruction_task
 from autogaze_jax.judge.model import init_params
 from autogaze_jax.train.algorithm import Models
-from autogaze_jax.train.state import ConfigError, TrainState
+from autogaze_jax.train.state import ConfigError, TrainState, apply_update
 
 FROZEN_PARAMS = r"(position_embeddings|decoder_pos_embed)(/value)?$"
 
@@ -112,13 +112,10 @@ def make_train_step(cfg: VideoMAETrainConfig, graphdef, tx):
       return jnp.mean(out["loss_mean"]), out
 
     (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
-               "update_norm": optax.global_norm(updates), "lr": schedule(cfg)(state.step),
-               "gaze_ratio": out["avg_gazing_ratio_per_frame"].astype(jnp.float32)}
+    state, metrics = apply_update(state, tx, grads, schedule(cfg))
+    metrics.update({"loss": loss, "gaze_ratio": out["avg_gazing_ratio_per_frame"].astype(jnp.float32)})
     metrics.update({f"loss_{k}": jnp.mean(v) for k, v in out["loss_terms"].items()})
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return state, metrics
 
   return train_step
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from autogaze_jax.train.algorithm import GazeModelAlgorithm, Models, gaze_config
-from autogaze_jax.train.state import ConfigError, TrainState, norm_metrics
+from autogaze_jax.train.state import ConfigError, TrainState, apply_update
 
 NORM_EPS = 1e-6
 
@@ -60,13 +59,8 @@ def make_train_step(graphdef, tx, num_gazing_each_frame: tuple[int, ...], schedu
   def train_step(state: TrainState, batch, rng, frozen=None):
     del rng, frozen
     (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {**aux, **norm_metrics(grads, state.params, updates),
-               "real_tokens": jnp.sum(~batch["if_padded_gazing"]).astype(jnp.float32)}
-    if schedule is not None:
-      metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    state, update_metrics = apply_update(state, tx, grads, schedule)
+    return state, {**aux, **update_metrics, "real_tokens": jnp.sum(~batch["if_padded_gazing"]).astype(jnp.float32)}
 
   return train_step
 

@@ -69,3 +69,13 @@ def make_optimizer(opt_cfg, total_steps: int):
 def norm_metrics(grads, params, updates) -> dict:
   return {"grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
           "update_norm": optax.global_norm(updates)}
+
+
+def apply_update(state: TrainState, tx, grads, schedule=None) -> tuple[TrainState, dict]:
+  """One optimizer update, as every algorithm's step ends: (next state, {grad/param/update norms, lr})."""
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = norm_metrics(grads, state.params, updates)
+  if schedule is not None:
+    metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
