@@ -115,23 +115,23 @@ def evaluate(workdir, mae_dir, s, threshold, n_clips) -> dict:
   from autogaze_jax import AutoGaze
   from autogaze_jax.evaluation import viz
   from autogaze_jax.evaluation import evaluate as ev
-  from autogaze_jax.interop.videomae import load_checkpoint
+  from autogaze_jax.judge.load import load_judge
   from autogaze_jax.core.patches import ScaleLayout
   from data_pipelines.pipeline import make_source
   src = make_source("synthetic", split="val", synthetic_num_clips=s["clips"])
   frames = np.stack([src[i]["frames"] for i in range(min(n_clips, len(src)))])
   first = AutoGaze.from_pretrained(os.path.join(workdir, "ntp", "export"))
   pv = np.stack([first.processor.normalize(f) for f in frames])
-  _, mg, mp, _ = load_checkpoint(mae_dir)
+  judge = load_judge(mae_dir)
   if threshold is None:
-    threshold = float(np.round(ev.random_gaze_loss((mg, mp), pv, THRESHOLD_RANDOM_RATIO), 3))
+    threshold = float(np.round(ev.random_gaze_loss(judge, pv, THRESHOLD_RANDOM_RATIO), 3))
   models = {"untrained": AutoGaze(first.cfg, seed=0),
             "NTP only": first,
             "GRPO only": AutoGaze.from_pretrained(os.path.join(workdir, "grpo_only", "export")),
             "NTP+GRPO": AutoGaze.from_pretrained(os.path.join(workdir, "grpo", "export"))}
   table = {}
   for name, m in models.items():
-    r = ev.ratio_at_loss(m, (mg, mp), pv, threshold, s["ratios"])
+    r = ev.ratio_at_loss(m, judge, pv, threshold, s["ratios"])
     table[name] = {"gaze_ratio_at_threshold": r["gaze_ratio_at_threshold"], "curve": r["curve"]}
   out_dir = os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)

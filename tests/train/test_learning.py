@@ -15,7 +15,7 @@ from autogaze_jax import AutoGaze
 from autogaze_jax.evaluation import evaluate as ev
 from autogaze_jax.train import registry
 from autogaze_jax.labels.greedy import GreedyConfig
-from autogaze_jax.interop.videomae import load_checkpoint
+from autogaze_jax.judge.load import load_judge
 from autogaze_jax.judge.losses import reconstruction_task
 from configs import grpo as grpo_cfg, ntp as ntp_cfg
 from data_pipelines import training as train_input
@@ -49,14 +49,14 @@ def test_ntp_smoke_beats_untrained_gaze_ratio_on_held_out_clips(tmp_path):
   m = _metrics(wd)
   assert m[-1]["ntp_loss"] < m[0]["ntp_loss"] - 0.2
 
-  _, mg, mp, _ = load_checkpoint(JUDGE)
+  judge = load_judge(JUDGE)
   val = train_input.source(c, "val")
   trained = AutoGaze.from_pretrained(os.path.join(wd, "export"))
   pv = np.stack([trained.processor.normalize(val[i]["frames"]) for i in range(len(val))])
-  threshold = ev.random_gaze_loss((mg, mp), pv, 0.1)     # the judge's loss at 10% random patches
+  threshold = ev.random_gaze_loss(judge, pv, 0.1)     # the judge's loss at 10% random patches
   ratios = (0.04, 0.08, 0.15)
-  ours = ev.ratio_at_loss(trained, (mg, mp), pv, threshold, ratios)["gaze_ratio_at_threshold"]
-  untrained = ev.ratio_at_loss(AutoGaze(trained.cfg, seed=0), (mg, mp), pv, threshold, ratios)["gaze_ratio_at_threshold"]
+  ours = ev.ratio_at_loss(trained, judge, pv, threshold, ratios)["gaze_ratio_at_threshold"]
+  untrained = ev.ratio_at_loss(AutoGaze(trained.cfg, seed=0), judge, pv, threshold, ratios)["gaze_ratio_at_threshold"]
   # measured (ratios 0.03..0.15): 0.087 vs 0.110 (another untrained seed: 0.112)
   assert np.isfinite(ours) and ours < untrained - 0.01, (ours, untrained)
 
