@@ -188,6 +188,21 @@ def extractor_config(term: str, hf: dict | None) -> perc.ExtractorConfig:
                               pos_grid=int(v.get("image_size", 224)) // ps, eps=float(v.get("layer_norm_eps", 1e-6)))
 
 
+
+def bundled_perceptual(ckpt_dir: str, cfg: VideoMAEConfig, tensors: dict[str, np.ndarray]) -> dict:
+  """{term: PerceptualNet} for each perceptual loss term of `cfg` whose tensors the checkpoint bundles
+  (`dinov2_reg.*`, `siglip2.*`), sized by the dir's `<term>_config.json` when it has one (written by
+  `convert_task_checkpoint`), else the released base nets."""
+  nets = {}
+  for term in ("dinov2_reg", "siglip2"):
+    sub = {k: a for k, a in tensors.items() if k.startswith(term + ".")}
+    if term not in cfg.loss_type or not sub:
+      continue
+    path = os.path.join(ckpt_dir, PERCEPTUAL_CONFIG.format(term))
+    hf = read_json_config(path, lambda d: d, f"{term} config") if os.path.exists(path) else None
+    nets[term] = perc.from_tensors(extractor_config(term, hf), sub)
+  return nets
+
 def _siglip_vision(hf: dict) -> dict:
   v = hf.get("vision_config", hf)
   if v.get("hidden_act", "gelu_pytorch_tanh") != "gelu_pytorch_tanh" or v.get("num_channels", 3) != 3:

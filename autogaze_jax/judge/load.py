@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from autogaze_jax.interop.videomae import load_checkpoint, read_config
+from autogaze_jax.interop.videomae import bundled_perceptual, load_checkpoint, read_config
 from autogaze_jax.judge import perceptual as perc
 from autogaze_jax.judge.config import VideoMAEConfig, tiny_videomae_config
 from autogaze_jax.judge.model import init_params
@@ -50,12 +50,7 @@ def load_judge(checkpoint: str = "", size: str = "default", dtype: str = "float3
   `size` (logged as a warning: rewards and labels from random weights only exercise the plumbing)."""
   if checkpoint:
     cfg, graphdef, params, tensors = load_checkpoint(checkpoint, read_config(checkpoint, dtype=dtype))
-    nets = {}
-    for term, ecfg in (("dinov2_reg", perc.DINOV2_REG_BASE), ("siglip2", perc.SIGLIP2_BASE)):
-      sub = {k: a for k, a in tensors.items() if k.startswith(term + ".")}
-      if term in cfg.loss_type and sub:
-        nets[term] = perc.from_tensors(ecfg, sub)
-    nets.update(perc.load_from_config(cfg))
+    nets = {**bundled_perceptual(checkpoint, cfg, tensors), **perc.load_from_config(cfg)}
     judge = Judge(cfg, graphdef, params, nets)
     missing = [t for t in cfg.loss_type if t not in judge.loss_terms]
     if missing:

@@ -19,9 +19,7 @@ from safetensors.numpy import load_file
 from tests.conftest import FIXTURES
 from autogaze_jax.interop.common import CheckpointError, read_safetensors
 from autogaze_jax.interop.torch_pickle import UnsafeCheckpointError, read_torch_state_dict
-from autogaze_jax.interop.videomae import (PERCEPTUAL_CONFIG, TASK_OVERRIDES, convert_task_checkpoint,
-                                           extractor_config, load_checkpoint)
-from autogaze_jax.judge import perceptual as perc
+from autogaze_jax.interop.videomae import (PERCEPTUAL_CONFIG, TASK_OVERRIDES, convert_task_checkpoint)
 from autogaze_jax.judge.load import load_judge
 from autogaze_jax.judge.losses import reconstruction_task
 
@@ -204,17 +202,6 @@ def judge_dir(tmp_path_factory):
   return out, counts
 
 
-def _judge_nets(out):
-  """The perceptual nets of a converted dir, sized by its `<term>_config.json` (see the xfail below)."""
-  _, _, _, tensors = load_checkpoint(out)
-  nets = {}
-  for term in ("dinov2_reg", "siglip2"):
-    hf = json.load(open(os.path.join(out, PERCEPTUAL_CONFIG.format(term))))
-    nets[term] = perc.from_tensors(extractor_config(term, hf), {k: a for k, a in tensors.items()
-                                                                 if k.startswith(term + ".")})
-  return nets
-
-
 def test_convert_writes_the_judge_dir(judge_dir):
   out, counts = judge_dir
   assert {k: v for k, v in counts.items() if isinstance(v, int)} == {"vit": 40, "decoder": 42, "dinov2_reg": 98,
@@ -245,9 +232,10 @@ def _inputs():
 @pytest.mark.parametrize("case", ("case_all_frames", "case_subset"))
 def test_converted_judge_matches_official_losses(judge_dir, case):
   out, _ = judge_dir
-  _, g, p, _ = load_checkpoint(out)
+  judge = load_judge(out)                      # the one loader: nets sized by the dir's <term>_config.json
   ref = dict(np.load(os.path.join(DIR, f"{case}.npz")))
-  res = jax.tree.map(np.asarray, _task(g, p, *_inputs(), ref["frame_idx_to_reconstruct"], _judge_nets(out)))
+  res = jax.tree.map(np.asarray, _task(judge.graphdef, judge.params, *_inputs(), ref["frame_idx_to_reconstruct"],
+                                       judge.perceptual))
   for term in ("l1", "dinov2_reg", "siglip2"):
     np.testing.assert_allclose(res["loss_terms"][term], ref[f"loss_{term}"], rtol=1e-5, atol=1e-5, err_msg=term)
   for k in ("loss_each_reconstruction_frame", "loss_mean", "reward", "reconstruction_loss_each_gazing_token"):
@@ -261,10 +249,6 @@ def test_converted_judge_matches_official_losses(judge_dir, case):
     np.testing.assert_allclose(res["reconstruction_loss_each_gazing_token"], ref["task_losses"], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, raises=CheckpointError,
-                   reason="judge/load.py builds bundled perceptual nets with perc.DINOV2_REG_BASE / SIGLIP2_BASE, so "
-                          "the fixture's tiny nets (hidden 32, 5 layers) fail its shape check; it does not read the "
-                          "converted dir's dinov2_reg_config.json / siglip2_config.json")
 def test_load_judge_on_converted_dir_has_both_nets(judge_dir):
   judge = load_judge(judge_dir[0])
   assert set(judge.perceptual) == {"dinov2_reg", "siglip2"} and judge.loss_terms == ["l1", "dinov2_reg", "siglip2"]
