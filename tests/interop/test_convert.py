@@ -306,31 +306,25 @@ def test_error_outside_the_task_model(tmp_path):
     _convert(pt, tmp_path)
 
 
-@pytest.mark.parametrize("key", ("module.mae.vit.encoder.layer.1.output.dense.bias",
-                                 "module.mae.dinov2_reg.encoder.layer.4.layer_scale2.lambda1",
-                                 "module.mae.siglip2.vision_model.head.probe",
-                                 "module.mae.dinov2_reg.embeddings.mask_token"))
-def test_error_missing_key(tmp_path, key):
-  pt = _bad(tmp_path, lambda t: {k: a for k, a in t.items() if k != key})
-  with pytest.raises(CheckpointError, match=rf"missing [^\]]*'{re.escape(key)}'"):
-    _convert(pt, tmp_path)
+_MISSING = ("module.mae.vit.encoder.layer.1.output.dense.bias", "module.mae.dinov2_reg.encoder.layer.4.layer_scale2.lambda1",
+            "module.mae.siglip2.vision_model.head.probe", "module.mae.dinov2_reg.embeddings.mask_token")
+_EXTRA = ("module.mae.decoder.decoder_layers.2.output.dense.bias", "module.mae.dinov2_reg.encoder.layer.5.norm1.weight",
+          "module.mae.siglip2.vision_model.head.extra")
+_MIS_SHAPED = ("module.mae.vit.embeddings.time_embed", "module.mae.dinov2_reg.embeddings.position_embeddings",
+               "module.mae.siglip2.vision_model.post_layernorm.bias")
+_FAULTS = {  # how the state dict is broken -> the error naming the key
+    "missing": (lambda t, key: {k: a for k, a in t.items() if k != key}, r"missing [^\]]*'{}'"),
+    "extra": (lambda t, key: t.update({key: np.zeros(32, np.float32)}), r"unexpected [^\]]*'{}'"),
+    "mis_shaped": (lambda t, key: t.update({key: np.zeros((3, 32), np.float32)}), r"tensor {} has shape \(3, 32\)"),
+}
 
 
-@pytest.mark.parametrize("key", ("module.mae.decoder.decoder_layers.2.output.dense.bias",
-                                 "module.mae.dinov2_reg.encoder.layer.5.norm1.weight",
-                                 "module.mae.siglip2.vision_model.head.extra"))
-def test_error_extra_key(tmp_path, key):
-  pt = _bad(tmp_path, lambda t: t.update({key: np.zeros(32, np.float32)}))
-  with pytest.raises(CheckpointError, match=rf"unexpected [^\]]*'{re.escape(key)}'"):
-    _convert(pt, tmp_path)
-
-
-@pytest.mark.parametrize("key", ("module.mae.vit.embeddings.time_embed",
-                                 "module.mae.dinov2_reg.embeddings.position_embeddings",
-                                 "module.mae.siglip2.vision_model.post_layernorm.bias"))
-def test_error_mis_shaped_key(tmp_path, key):
-  pt = _bad(tmp_path, lambda t: t.update({key: np.zeros((3, 32), np.float32)}))
-  with pytest.raises(CheckpointError, match=rf"tensor {re.escape(key)} has shape \(3, 32\)"):
+@pytest.mark.parametrize("fault,key", [("missing", k) for k in _MISSING] + [("extra", k) for k in _EXTRA]
+                         + [("mis_shaped", k) for k in _MIS_SHAPED])
+def test_error_names_the_bad_key(tmp_path, fault, key):
+  edit, pattern = _FAULTS[fault]
+  pt = _bad(tmp_path, lambda t: edit(t, key))
+  with pytest.raises(CheckpointError, match=pattern.format(re.escape(key))):
     _convert(pt, tmp_path)
 
 
