@@ -11,6 +11,7 @@ JAX coordinator environment variables).
 from __future__ import annotations
 
 import logging
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -36,6 +37,9 @@ def main(argv):
     result = train(_CONFIG.value, _WORKDIR.value, stop_after=_STOP.value)
   except ConfigError as e:
     raise app.UsageError(str(e))
+  if result.get("preempted"):   # a scheduler must tell a preempted run from a finished one
+    logging.warning("preempted at step %d, checkpoint saved: rerun the same command to resume", result["step"])
+    sys.exit(143)
   logging.info("done: %s", result)
 
 

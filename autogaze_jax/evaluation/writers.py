@@ -16,16 +16,24 @@ import numpy as np
 
 
 class MetricWriter:
-  """write_scalars(step, {name: float}), write_images(step, {name: uint8 HWC}), flush(), close()."""
+  """write_scalars(step, {name: float}), write_images(step, {name: uint8 HWC}), flush(), close().
 
-  def __init__(self, logdir: str | None, enabled: bool = True):
+  metrics.jsonl gets one flushed row per write (a killed run keeps every row it logged; non-finite
+  values are written as null so the file stays valid JSON). `resume_step`: a run resuming from the
+  checkpoint of that step first drops the rows logged after it, which the resumed run writes again.
+  """
+
+  def __init__(self, logdir: str | None, enabled: bool = True, resume_step: int | None = None):
     self.enabled = enabled and logdir is not None
     self._tb = self._jsonl = None
     if self.enabled:
       os.makedirs(logdir, exist_ok=True)
       from tensorboardX import SummaryWriter
+      path = os.path.join(logdir, "metrics.jsonl")
+      if resume_step is not None and os.path.exists(path):
+        _drop_rows_after(path, resume_step)
       self._tb = SummaryWriter(logdir)
-      self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a")
+      self._jsonl = open(path, "a")
 
   def write_scalars(self, step: int, scalars: dict):
     if not self.enabled:
@@ -33,7 +41,9 @@ class MetricWriter:
     clean = {k: float(v) for k, v in scalars.items()}
     for k, v in clean.items():
       self._tb.add_scalar(k, v, step)
-    self._jsonl.write(json.dumps({"step": int(step), **clean}) + "\n")
+    row = {k: (v if math.isfinite(v) else None) for k, v in clean.items()}
+    self._jsonl.write(json.dumps({"step": int(step), **row}, allow_nan=False) + "\n")
+    self._jsonl.flush()
 
   def write_images(self, step: int, images: dict):
     if not self.enabled:
@@ -51,6 +61,23 @@ class MetricWriter:
       self._tb.close()
       self._jsonl.close()
       self.enabled = False
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+  """Keep the complete rows of steps <= `step` (a torn last line from a kill is dropped too); atomic."""
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(row, dict) and row.get("step", 0) <= step and line.endswith("\n"):
+        kept.append(line)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
 
 
 class Progress:

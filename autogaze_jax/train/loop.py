@@ -28,7 +28,7 @@ from autogaze_jax.core import sharding as shd
 from autogaze_jax.evaluation.writers import MetricWriter, Progress, check_finite
 from autogaze_jax.gaze.preprocess import normalize_on_device
 from autogaze_jax.train import registry
-from autogaze_jax.train.state import ConfigError, TrainState
+from autogaze_jax.train.state import ConfigError, TrainState, validate_optimizer
 
 
 def validate(config) -> None:
@@ -61,6 +61,7 @@ def validate(config) -> None:
     raise ConfigError(f"config.data.source = {config.data.source!r}: choose synthetic, folder or arrayrecord")
   if config.data.source != "synthetic" and not config.data.path:
     raise ConfigError(f"config.data.source = {config.data.source!r} needs config.data.path")
+  validate_optimizer(config.optimizer)
   registry.ALGORITHMS[config.algorithm].validate(config)
 
 
@@ -110,11 +111,11 @@ def _match_param_shardings(opt_state, default, params, p_shard):
 
 
 def _install_sigterm():
-  flag = {"stop": False}
+  flag = {"stop": False, "signal": False}
 
   def handler(signum, frame):
     logging.warning("received signal %d: saving a checkpoint and stopping after this step", signum)
-    flag["stop"] = True
+    flag["stop"] = flag["signal"] = True
   try:
     signal.signal(signal.SIGTERM, handler)
   except ValueError:  # not the main thread (e.g. inside some test runners)
@@ -156,6 +157,7 @@ def run(config, workdir: str, data, *, picture_frames: np.ndarray | None = None,
   picture_frames: (T, H, W, 3) uint8 validation clip for the periodic pictures (None: no pictures).
   stop_after: leave after this many steps of *this* process (with a checkpoint), as a preemption would;
   the schedule still follows config.train.num_steps, so a later run continues exactly.
+  The result's "preempted" is True when SIGTERM stopped the run (the entry point then exits 143).
   """
   validate(config)
   os.makedirs(workdir, exist_ok=True)
@@ -223,7 +225,7 @@ def run(config, workdir: str, data, *, picture_frames: np.ndarray | None = None,
   except Exception:  # memory_analysis is best-effort on some backends
     pass
 
-  writer = MetricWriter(os.path.join(workdir, "tb"), enabled=is_main)
+  writer = MetricWriter(os.path.join(workdir, "tb"), enabled=is_main, resume_step=start)
   progress = Progress(config.train.num_steps, config.train.log_every, config.data.global_batch_size,
                       config.algorithm, start)
   stop = _install_sigterm()
@@ -252,7 +254,8 @@ def run(config, workdir: str, data, *, picture_frames: np.ndarray | None = None,
         if images:
           writer.write_images(step, images)
       if stop["stop"]:
-        logging.warning("stopped by signal at step %d (checkpoint saved)", step)
+        logging.warning("preempted at step %d (checkpoint saved)" if stop["signal"] else
+                        "stopped at step %d as asked (checkpoint saved)", step)
         break
       if step < config.train.num_steps:
         batch = device_batch()
@@ -263,4 +266,4 @@ def run(config, workdir: str, data, *, picture_frames: np.ndarray | None = None,
   if is_main and step >= config.train.num_steps:
     algo.export(config, graphdef, params, workdir)
   mngr.close()
-  return {"step": step, **{k: float(v) for k, v in metrics.items()}}
+  return {"step": step, "preempted": bool(stop["signal"]), **{k: float(v) for k, v in metrics.items()}}

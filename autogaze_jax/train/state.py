@@ -27,6 +27,32 @@ class TrainState:
   opt_state: object
 
 
+def validate_optimizer(opt_cfg) -> None:
+  """Raise ConfigError naming the key unless every optimizer/schedule value means what it says (a
+  negative lr would train uphill, b1 >= 1 never forgets, eps <= 0 divides by zero...)."""
+  o = opt_cfg
+
+  def need(ok: bool, key: str, want: str):
+    if not ok:
+      raise ConfigError(f"config.optimizer.{key} = {o.get(key)!r}: expected {want}")
+  need(o.name in OPTIMIZERS, "name", f"one of {OPTIMIZERS}")
+  need(o.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
+  finite = lambda x: isinstance(x, (int, float)) and x == x and abs(x) != float("inf")  # noqa: E731
+  need(finite(o.lr) and o.lr > 0, "lr", "a finite number > 0")
+  need(finite(o.get("min_lr", 0.0)) and 0 <= o.get("min_lr", 0.0) <= o.lr, "min_lr", f"in [0, lr={o.lr}]")
+  need(finite(o.get("warmup_frac", 0.1)) and 0 <= o.get("warmup_frac", 0.1) < 1, "warmup_frac", "in [0, 1)")
+  for key in ("b1", "b2"):
+    if key in o:
+      need(finite(o[key]) and 0 <= o[key] < 1, key, "in [0, 1)")
+  if "eps" in o:
+    need(finite(o.eps) and o.eps > 0, "eps", "a finite number > 0")
+  for key in ("weight_decay", "grad_clip"):
+    if key in o:
+      need(finite(o[key]) and o[key] >= 0, key, "a finite number >= 0 (grad_clip 0 = no clipping)")
+  if "grad_accum_steps" in o:
+    need(isinstance(o.grad_accum_steps, int) and o.grad_accum_steps >= 1, "grad_accum_steps", "an integer >= 1")
+
+
 def make_schedule(name: str, lr: float, total_steps: int, min_lr: float = 0.0, warmup_frac: float = 0.1):
   s = max(int(total_steps), 1)
   if name == "linear":

@@ -91,6 +91,14 @@ def test_sharded_step_equals_single_device(uninterrupted, tmp_path):
     ("data.max_tokens_per_frame", 0, "must be in 1..265"),
     ("train.num_steps", 0, "must be positive"),
     ("train.picture_ratio", 1.5, "picture_ratio"),
+    ("optimizer.lr", -1e-3, r"config.optimizer.lr = -0.001: expected a finite number > 0"),
+    ("optimizer.min_lr", 1.0, r"config.optimizer.min_lr = 1.0: expected in \[0, lr="),
+    ("optimizer.b1", 1.0, r"config.optimizer.b1 = 1.0: expected in \[0, 1\)"),
+    ("optimizer.eps", 0.0, "config.optimizer.eps"),
+    ("optimizer.warmup_frac", 1.5, "config.optimizer.warmup_frac"),
+    ("optimizer.grad_clip", -1.0, "config.optimizer.grad_clip"),
+    ("optimizer.grad_accum_steps", 0, "config.optimizer.grad_accum_steps"),
+    ("optimizer.name", "lion", "config.optimizer.name"),
 ])
 def test_config_validation(tmp_path, key, value, match):
   c = _cfg(**{"mesh.num_devices": 0, "data.global_batch_size": 8})
