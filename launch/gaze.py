@@ -116,7 +116,7 @@ def main(argv=None):
              "kept_ratio": res["kept_ratio"], "kept_ratio_per_frame": res["kept_ratio_per_frame"],
              "seconds": dt, "tiles": res["tiles"]}
   with open(os.path.join(args.out, "gaze.json"), "w") as f:
-    json.dump(_jsonable(summary), f)
+    json.dump(_jsonable(summary), f, allow_nan=False)
   overlay = viz_overlay(frames, res, model, ScaleLayout.from_gaze_config(model.cfg), viz)
   viz.save_png_grid(os.path.join(args.out, "gaze.png"), [frames[:16], overlay[:16]], ["original", "gaze"])
   viz.save_gif(os.path.join(args.out, "gaze.gif"), np.concatenate([frames, overlay], axis=2))
@@ -147,7 +147,7 @@ def run_vit(args, model, frames, res):
   tm = rep["timings"]
   with open(os.path.join(args.out, "vit.json"), "w") as f:
     json.dump(_jsonable({k: rep[k] for k in ("capacity", "tiles", "kept_tokens", "vit_tokens", "full_tokens")}
-                        | {"vit": args.vit, "timings": tm}), f)
+                        | {"vit": args.vit, "timings": tm}), f, allow_nan=False)
   print(f"vit {args.vit}: {rep['kept_tokens']} gazed tokens ({rep['capacity']} slots/frame) vs {rep['full_tokens']} "
         f"tokens of the full-token ViT on the same {rep['tiles']} tiles; gazed ViT {tm['vit_s']:.3f}s vs full-token "
         f"ViT {tm['full_vit_s']:.3f}s -> {tm['speedup']:.2f}x")

@@ -64,7 +64,7 @@ def write_json(path: str, obj) -> None:
   """Pretty, key-sorted JSON with a trailing newline, written atomically."""
   def w(tmp):
     with open(tmp, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
+      json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False)  # NaN is not JSON
       f.write("\n")
   _atomic(path, w)
 
@@ -126,8 +126,8 @@ def tensors_to_params(table: list[Row], tensors: dict, shapes: dict[tuple, tuple
   """Their tensors (numpy, keyed by table name) -> nested pure dict of our params, float32.
 
   Every table name must be present and nothing else (`hint(missing)` may add advice to that error);
-  each tensor must have `shapes[our path]` and be float32 (or, with `any_float`, any float type,
-  upcast). Errors name tensors as `prefix + name`, the way the file spells them."""
+  each tensor must have `shapes[our path]`, be float32 (or, with `any_float`, any float type,
+  upcast) and hold finite values. Errors name tensors as `prefix + name`, the way the file spells them."""
   expected = {n for n, _, _ in table}
   missing = sorted(expected - set(tensors))
   unknown = sorted(set(tensors) - expected)
@@ -144,10 +144,15 @@ def tensors_to_params(table: list[Row], tensors: dict, shapes: dict[tuple, tuple
     # numpy does not count ml_dtypes' bfloat16 as floating, yet bf16 releases are common.
     if any_float and not np.issubdtype(arr.dtype, np.floating) and arr.dtype.name != "bfloat16":
       raise CheckpointError(f"tensor {prefix}{name} has dtype {arr.dtype}, expected a float type")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():   # NaN/Inf weights would gaze and score silently wrong
+      bad = int(arr.size - np.isfinite(arr).sum())
+      raise CheckpointError(f"tensor {prefix}{name} holds {bad} non-finite values (NaN/Inf) of {arr.size}: the "
+                            "checkpoint is corrupt")
     node = out
     for k in path[:-1]:
       node = node.setdefault(k, {})
-    node[path[-1]] = np.ascontiguousarray(to_ours(arr.astype(np.float32, copy=False)))
+    node[path[-1]] = np.ascontiguousarray(to_ours(arr))
   return out
 
 

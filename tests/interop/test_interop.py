@@ -116,6 +116,11 @@ def test_missing_unknown_and_misshaped_tensors(tmp_path):
   save_file(bad, d / "model.safetensors", metadata=meta)
   with pytest.raises(CheckpointError, match="lm_head.weight has dtype float16"):
     AutoGaze.from_pretrained(d)
+  bad[name] = t[name].copy()
+  bad[name][3, 5] = np.nan                                        # one corrupt value: named, never gazed with
+  save_file(bad, d / "model.safetensors", metadata=meta)
+  with pytest.raises(CheckpointError, match=r"lm_head.weight holds 1 non-finite values"):
+    AutoGaze.from_pretrained(d)
 
 
 def test_rejects_non_pt_metadata(tmp_path):
