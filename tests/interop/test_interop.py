@@ -140,6 +140,24 @@ def test_bad_config_value(tmp_path):
     AutoGaze.from_pretrained(d)
 
 
+@pytest.mark.parametrize("where,key,value,match", [
+    ((), "max_num_frames", -1, r"max_num_frames = -1 is invalid: expected >= 1"),
+    ((), "scales", 224, r"scales = \(224,\) is invalid: expected scales whose token counts"),
+    ((), "scales", "16+512", r"scales = \(16, 512\) is invalid: expected sizes in"),
+])
+def test_config_values_that_would_fail_later_fail_at_load(tmp_path, where, key, value, match):
+  d = _copy(tmp_path)
+  cfg = json.load(open(d / "config.json"))
+  node = cfg
+  for k in where:
+    node = node[k]
+  assert key in node
+  node[key] = value
+  json.dump(cfg, open(d / "config.json", "w"))
+  with pytest.raises(CheckpointError, match=match):
+    AutoGaze.from_pretrained(d)
+
+
 def test_engine_round_trip_and_errors():
   """The shared table engine on a toy table: layouts both ways, and each kind of error it names."""
   table = weight_bias_rows("conv", ("conv",), CONV2D_OIHW) + layernorm_rows("ln", ("ln",))
