@@ -42,7 +42,13 @@ def load_labels(paths: str | Sequence[str], *, validate: bool = True, num_frames
       raise FileNotFoundError(f"label glob {p!r} matched no file")
     for f in files:
       with open(f) as fh:
-        merged.update(json.load(fh))
+        try:
+          data = json.load(fh)
+        except json.JSONDecodeError as e:
+          raise LabelError(f"label file {f}: not valid JSON ({e})") from None
+      if not isinstance(data, dict):
+        raise LabelError(f"label file {f}: expected a JSON object {{video_path: entry}}, got {type(data).__name__}")
+      merged.update(data)
   labels = {relative_video_path(k): v for k, v in merged.items()}
   if validate:
     for k, v in labels.items():
@@ -110,7 +116,8 @@ def collate_fixed(items: Sequence[Mapping], max_tokens_per_frame: int) -> dict[s
   lens = _check_batch(items)
   if lens.max() > max_tokens_per_frame:
     i, t = np.unravel_index(int(lens.argmax()), lens.shape)
-    raise LabelError(f"batch item {i} frame {t} has {lens.max()} tokens > max_tokens_per_frame="
+    who = items[i].get("video_path", f"batch item {i}")   # name the video when the item carries its key
+    raise LabelError(f"{who}: frame {t} has {lens.max()} tokens > max_tokens_per_frame="
                      f"{max_tokens_per_frame}; raise the capacity (config) or use the official collation")
   return _collate(items, np.full((lens.shape[1],), max_tokens_per_frame + 1, np.int64))
 

@@ -45,6 +45,20 @@ def test_collate_fixed_capacity():
     np.testing.assert_array_equal(off[k], fx[k])
   with pytest.raises(F.LabelError, match="max_tokens_per_frame"):
     L.collate_fixed([a, b], max_tokens_per_frame=2)
+  # pipeline items carry their key: the error names the video and frame, not a batch position
+  items = [dict(L.flatten_entry(e), video_path=k) for e, k in ((a, "r/train/a.mp4"), (b, "r/train/b.mp4"))]
+  with pytest.raises(F.LabelError, match=r"r/train/[ab]\.mp4: frame \d has 3 tokens > max_tokens_per_frame=2"):
+    L.collate_fixed(items, max_tokens_per_frame=2)
+
+
+def test_label_file_not_json_names_the_file(tmp_path):
+  bad = tmp_path / "gazing_labels.json"
+  bad.write_text('{"r/train/a.mp4": {"gazing_pos": [[1, 2')
+  with pytest.raises(F.LabelError, match=rf"label file {bad}: not valid JSON"):
+    L.load_labels(str(bad))
+  bad.write_text("[1, 2]")
+  with pytest.raises(F.LabelError, match="expected a JSON object"):
+    L.load_labels(str(bad))
 
 
 def test_flatten_unflatten_roundtrip():
