@@ -75,7 +75,13 @@ def decode_clip(path: str, *, clip_len: int = ops.CLIP_LEN, size: int = ops.SIZE
   With `rng`, the official random window (needs the frame count: from the container, else counted
   from demuxed packets, no decoding). Raises BadVideo with a counted reason.
   """
-  if os.path.getsize(path) == 0:
+  try:   # a dangling symlink, a vanished or unreadable file is a bad video like any other
+    nbytes = os.path.getsize(path)
+    with open(path, "rb"):
+      pass
+  except OSError as e:
+    raise BadVideo("skip_open_error", f"{path}: {e}") from e
+  if nbytes == 0:
     raise BadVideo("skip_zero_length", path)
   import av  # local: keeps `import data_pipelines` light
   try:

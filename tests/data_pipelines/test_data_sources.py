@@ -131,3 +131,18 @@ def test_label_join_counts(zoo):
   # Without require_labels (e.g. val), unlabeled videos stay with empty label fields.
   src2 = sources.VideoFolderSource(root, "train", labels=labels, require_labels=False)
   assert len(src2) == len(files)
+
+
+def test_dangling_symlink_is_a_counted_bad_video(tmp_path):
+  train = tmp_path / "ds" / "train"
+  os.makedirs(train)
+  write_video(str(train / "a_good.mp4"), ramp_frames(16))
+  os.symlink(str(tmp_path / "gone.mp4"), str(train / "b_dangling.mp4"))   # the target never existed
+  with pytest.raises(sources.BadVideo) as e:
+    sources.decode_clip(str(train / "b_dangling.mp4"))
+  assert e.value.reason == "skip_open_error" and "b_dangling.mp4" in str(e.value)
+  src = sources.VideoFolderSource(str(tmp_path / "ds"), "train")
+  assert len(src) == 2
+  items = [src[i] for i in range(2)]                        # no crash: the good clip stands in
+  assert all(it["frames"].shape == (16, 224, 224, 3) for it in items)
+  assert src.stats()["skip_open_error"] == 1
