@@ -22,6 +22,8 @@ _DIST = flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize
 _COORD = flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process without auto-detection)")
 _NPROC = flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator)")
 _PID = flags.DEFINE_integer("process_id", None, "this process's index (with --coordinator)")
+_ALLOW = flags.DEFINE_bool("allow_config_change", False, "resume although the config differs from the workdir's "
+                           "(beyond the keys safe to change); the change is recorded in WORKDIR/config_changes.jsonl")
 _STOP = flags.DEFINE_integer("stop_after", None, "leave after N steps of this run, with a checkpoint (like a preemption)")
 
 
@@ -34,7 +36,7 @@ def main(argv):
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError("--config and --workdir are required (see --help)")
   try:
-    result = train(_CONFIG.value, _WORKDIR.value, stop_after=_STOP.value)
+    result = train(_CONFIG.value, _WORKDIR.value, stop_after=_STOP.value, allow_config_change=_ALLOW.value)
   except ConfigError as e:
     raise app.UsageError(str(e))
   if result.get("preempted"):   # a scheduler must tell a preempted run from a finished one

@@ -13,7 +13,7 @@ import json
 import logging
 
 
-def train(config, workdir: str, stop_after: int | None = None) -> dict:
+def train(config, workdir: str, stop_after: int | None = None, allow_config_change: bool = False) -> dict:
   """Wire the input pipeline to the training loop (as big_vision's train.py does): validate, build this
   host's iterator for the algorithm (labels joined when it trains on them) and the validation clip of
   the pictures, then `loop.run`. Returns the loop's final metrics."""
@@ -23,13 +23,15 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
   from autogaze_jax.train import loop, registry
   from data_pipelines import training as train_input
   loop.validate(config)
+  loop.resume_config_changes(workdir, config, allow_config_change)   # before building inputs the config names
   algo = registry.ALGORITHMS[config.algorithm]
   barrier = ((lambda: multihost_utils.sync_global_devices("train_input")) if jax.process_count() > 1 else None)
   data = train_input.make_train_iterator(config, workdir, with_labels=algo.needs_labels,
                                          process_index=jax.process_index(), barrier=barrier)
   frames = train_input.validation_clip(config) if config.train.picture_every else None
   try:
-    return loop.run(config, workdir, data, picture_frames=frames, stop_after=stop_after)
+    return loop.run(config, workdir, data, picture_frames=frames, stop_after=stop_after,
+                    allow_config_change=allow_config_change)
   finally:
     data.log_stats()
 

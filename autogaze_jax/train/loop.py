@@ -15,6 +15,7 @@ protocol (`train/algorithm.py`); the caller builds the input iterator (`launch/t
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -110,6 +111,64 @@ def _match_param_shardings(opt_state, default, params, p_shard):
   return jax.tree_util.tree_map_with_path(pick, opt_state, default)
 
 
+# Keys a resumed run may change: the horizon (the schedule follows num_steps), logging, checkpoint
+# and picture intervals, worker count, and the mesh (the restore reshards onto the new one).
+SAFE_ON_RESUME = ("train.num_steps", "train.log_every", "train.ckpt_every", "train.keep_checkpoints",
+                  "train.picture_every", "train.picture_ratio", "data.num_workers", "mesh.")
+
+
+class WorkdirInUse(ConfigError):
+  """Another training run holds this workdir."""
+
+
+def _lock_workdir(workdir: str):
+  import fcntl
+  f = open(os.path.join(workdir, ".train.lock"), "a+")
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    f.seek(0)
+    holder = f.read().strip() or "another process"
+    f.close()
+    raise WorkdirInUse(f"{workdir} is in use by a running training ({holder}); wait for it or choose another "
+                       "--workdir") from None
+  f.seek(0)
+  f.truncate()
+  f.write(f"pid {os.getpid()}")
+  f.flush()
+  return f
+
+
+def _flat(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def resume_config_changes(workdir: str, config, allow: bool) -> dict:
+  """{key: [old, new]} of the keys outside SAFE_ON_RESUME that differ from the checkpointed run's
+  config.json (empty for a fresh workdir); raises ConfigError on any unless `allow`."""
+  path, ckpts = os.path.join(workdir, "config.json"), os.path.join(workdir, "checkpoints")
+  if not (os.path.exists(path) and os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts))):
+    return {}
+  with open(path) as f:
+    old = _flat(json.load(f))
+  new = _flat(json.loads(config.to_json_best_effort()))
+  changed = {k: [old.get(k), new.get(k)] for k in sorted(old.keys() | new.keys())
+             if old.get(k) != new.get(k) and not any(k == s or (s.endswith(".") and k.startswith(s))
+                                                     for s in SAFE_ON_RESUME)}
+  if changed and not allow:
+    listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+    raise ConfigError(f"{workdir} holds checkpoints of a run with another config ({listed}); resume with the same "
+                      f"config (only {', '.join(SAFE_ON_RESUME)} may change), use a new --workdir, or pass "
+                      "--allow_config_change to resume anyway (recorded in config_changes.jsonl)")
+  return changed
+
+
 def _install_sigterm():
   flag = {"stop": False, "signal": False}
 
@@ -148,7 +207,7 @@ def _restore(mngr, step: int, abstract_state, it):
 
 
 def run(config, workdir: str, data, *, picture_frames: np.ndarray | None = None,
-        stop_after: int | None = None) -> dict:
+        stop_after: int | None = None, allow_config_change: bool = False) -> dict:
   """Train `config.algorithm` in `workdir` (resuming if it holds a checkpoint). Returns final metrics.
 
   data: iterator of this host's batches (numpy dicts holding the algorithm's `batch_keys`) that
@@ -158,14 +217,34 @@ def run(config, workdir: str, data, *, picture_frames: np.ndarray | None = None,
   stop_after: leave after this many steps of *this* process (with a checkpoint), as a preemption would;
   the schedule still follows config.train.num_steps, so a later run continues exactly.
   The result's "preempted" is True when SIGTERM stopped the run (the entry point then exits 143).
+  One run per workdir at a time (a lock file; a second run gets `WorkdirInUse`). Resuming with a config
+  that differs from the workdir's config.json outside `SAFE_ON_RESUME` is a ConfigError listing the
+  keys, unless `allow_config_change` (the change is then appended to WORKDIR/config_changes.jsonl).
   """
   validate(config)
   os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  lock = _lock_workdir(workdir) if is_main else None
+  try:
+    changes = resume_config_changes(workdir, config, allow_config_change)
+    if jax.process_count() > 1:   # every process has read the old config.json before process 0 rewrites it
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("config_check")
+    if is_main:
+      if changes:
+        with open(os.path.join(workdir, "config_changes.jsonl"), "a") as f:
+          f.write(json.dumps({"time": time.time(), "changed": changes}) + "\n")
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    return _train(config, workdir, data, picture_frames, stop_after)
+  finally:
+    if lock is not None:
+      lock.close()       # closing the file releases the flock
+
+
+def _train(config, workdir, data, picture_frames, stop_after) -> dict:
   algo = registry.ALGORITHMS[config.algorithm]
   is_main = jax.process_index() == 0
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
   # ---- mesh ----
   mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, _devices(config))

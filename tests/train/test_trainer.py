@@ -145,3 +145,31 @@ def test_ntp_losses_match_official_fixture():
   per_sample = -np.sum(np.asarray(out["log_action_probs"]) * ~ref["label_if_padded_gazing"], 1) / np.sum(
       ~ref["label_if_padded_gazing"], 1)
   assert np.max(np.abs(per_sample - ref["ntp_loss"])) > 0.1
+
+
+def test_second_run_in_a_busy_workdir_is_refused(tmp_path):
+  import fcntl
+  from autogaze_jax.train.loop import WorkdirInUse
+  wd = str(tmp_path / "busy")
+  os.makedirs(wd)
+  with open(os.path.join(wd, ".train.lock"), "a+") as held:        # a run in progress holds the lock
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    held.write("pid 12345")
+    held.flush()
+    with pytest.raises(WorkdirInUse, match="is in use by a running training \\(pid 12345\\)"):
+      train(_cfg(), wd)
+
+
+def test_resume_with_a_changed_config_is_refused_unless_allowed(uninterrupted, tmp_path):
+  import shutil
+  wd_full, _ = uninterrupted
+  wd = str(tmp_path / "copy")
+  shutil.copytree(wd_full, wd)                                      # a finished run with checkpoints
+  with pytest.raises(ConfigError, match=r"data.seed: 0 -> 3, optimizer.lr: 0.003 -> 0.5"):
+    train(_cfg(**{"optimizer.lr": 0.5, "data.seed": 3, "train.log_every": 2}), wd)
+  res = train(_cfg(**{"train.log_every": 2, "train.picture_every": 0}), wd)   # safe keys only: resumes
+  assert res["step"] == 4
+  res = train(_cfg(**{"optimizer.lr": 0.5}), wd, allow_config_change=True)
+  rec = [json.loads(line) for line in open(os.path.join(wd, "config_changes.jsonl"))]
+  assert rec[-1]["changed"] == {"optimizer.lr": [0.003, 0.5]}
+  assert json.load(open(os.path.join(wd, "config.json")))["optimizer"]["lr"] == 0.5
