@@ -82,8 +82,7 @@ class GazeConfig(ConfigBase):
     self._check(self.vision.temporal_patch_size == 1, "vision.temporal_patch_size",
                 self.vision.temporal_patch_size, "1 (the only value the official model uses)")
     self._check(self.max_num_frames >= 1, "max_num_frames", self.max_num_frames, ">= 1")
-    self._check(all(0 < sc <= self.input_img_size for sc in self.scales), "scales", self.scales,
-                f"sizes in (0, input_img_size={self.input_img_size}]")
+    self._check(all(sc > 0 for sc in self.scales), "scales", self.scales, "positive sizes")
     self._check(all(math.isqrt(n) ** 2 == n and n > 0 for n in self.tokens_per_scale), "scales", self.scales,
                 f"scales whose token counts {self.tokens_per_scale} (of num_vision_tokens_each_frame="
                 f"{self.num_vision_tokens_each_frame}) are square grids")

@@ -143,7 +143,7 @@ def test_bad_config_value(tmp_path):
 @pytest.mark.parametrize("where,key,value,match", [
     ((), "max_num_frames", -1, r"max_num_frames = -1 is invalid: expected >= 1"),
     ((), "scales", 224, r"scales = \(224,\) is invalid: expected scales whose token counts"),
-    ((), "scales", "16+512", r"scales = \(16, 512\) is invalid: expected sizes in"),
+    ((), "scales", "0+224", r"scales = \(0, 224\) is invalid: expected positive sizes"),
 ])
 def test_config_values_that_would_fail_later_fail_at_load(tmp_path, where, key, value, match):
   d = _copy(tmp_path)
