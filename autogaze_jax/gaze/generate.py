@@ -20,7 +20,7 @@ import numpy as np
 
 from autogaze_jax.core.patches import ScaleLayout, gazing_masks
 from autogaze_jax.gaze.functional import check_pixel_values, teacher_forced
-from autogaze_jax.gaze.rollout import RolloutSpec, budgets_from_ratio, frame_slots, rollout
+from autogaze_jax.gaze.rollout import RolloutSpec, budgets_from_ratio, slot_ids, rollout
 
 
 def check_ratio(gazing_ratio, frames: int) -> np.ndarray:
@@ -94,9 +94,9 @@ def generate(model, pixel_values, gazing_ratio=None, task_loss_requirement=None,
 
 def compact(tokens: np.ndarray, length: np.ndarray, vocab_per_frame: int) -> dict:
   """Fixed-capacity per-frame tokens (B, T, C) + lengths (B, T) -> the official variable-length layout:
-  frame t keeps max_b length[b, t] slots (the batch-shared count) of `rollout.frame_slots`."""
+  frame t keeps max_b length[b, t] slots (the batch-shared count) of `rollout.slot_ids`."""
   t = tokens.shape[1]
-  gp, pad = (np.asarray(a) for a in frame_slots(jnp.asarray(tokens), jnp.asarray(length), vocab_per_frame))
+  gp, pad = slot_ids(np.asarray(tokens), np.asarray(length), vocab_per_frame)
   n_t = np.asarray(length).max(axis=0)
   frame = np.repeat(np.arange(t), n_t)
   padded = np.concatenate([pad[:, i, :n] for i, n in enumerate(n_t)], axis=1)

@@ -213,17 +213,19 @@ def frame_step(model, state: RolloutState, vis: jax.Array, budget: jax.Array, th
   return new_state, out
 
 
-def frame_slots(tokens, length, vocab_per_frame: int):
+def slot_ids(tokens, length, vocab_per_frame: int):
   """Fixed-capacity rollout tokens (R, T, C) + lengths (R, T) -> (global ids, padded), both (R, T, C).
 
   Slots past a row's length hold EOS; EOS slots are padding; global id = local + V*t, so an EOS pad
-  holds V*(t+1) as the official generate writes it. GRPO teacher-forces these slots as they are;
+  holds V*(t+1) as the official generate writes it. jax arrays in, jax out (GRPO teacher-forces these
+  slots in its jitted step); numpy in, numpy out (the host-side `generate.compact`);
   `generate.compact` trims them to the official variable-length layout.
   """
+  xp = jnp if isinstance(tokens, jax.Array) else np   # host arrays stay on the host (no device round trip)
   t, c = tokens.shape[1:]
   eos = vocab_per_frame
-  local = jnp.where(jnp.arange(c)[None, None] < length[..., None], tokens, eos)
-  return local + vocab_per_frame * jnp.arange(t)[None, :, None], local == eos
+  local = xp.where(xp.arange(c)[None, None] < length[..., None], tokens, eos)
+  return local + vocab_per_frame * xp.arange(t)[None, :, None], local == eos
 
 
 def budgets_from_ratio(ratio, frames: int,

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from autogaze_jax.gaze.rollout import RolloutSpec, frame_slots, rollout_frames
+from autogaze_jax.gaze.rollout import RolloutSpec, slot_ids, rollout_frames
 from autogaze_jax.judge.load import judge_config, load_judge
 from autogaze_jax.judge.losses import reconstruction_task
 from autogaze_jax.train.algorithm import GazeModelAlgorithm, Models, gaze_config
@@ -111,7 +111,7 @@ def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, schedule=None):
     vis_g = jnp.tile(vis, (g, 1, 1, 1))
     _, grp = rollout_frames(model, vis_g, jnp.tile(n_t, (g, 1)), jnp.zeros((g * b, t), jnp.float32), temp,
                             k_grp, spec_grp)
-    gp, pad = (x.reshape(g * b, -1) for x in frame_slots(grp["tokens"], grp["length"], vpf))
+    gp, pad = (x.reshape(g * b, -1) for x in slot_ids(grp["tokens"], grp["length"], vpf))
     counts = (grp["tokens"].shape[-1],) * t
     # 3) frozen VideoMAE rewards on R random frames, shared by the batch
     frames = jax.random.permutation(k_frames, t)[:cfg.frames_to_reconstruct]
