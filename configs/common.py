@@ -63,6 +63,13 @@ def model_config(size: str = "default") -> mlc.ConfigDict:
   return mlc.ConfigDict({"size": size, "init": "", "dtype": "float32"})
 
 
+def judge_config(size: str) -> mlc.ConfigDict:
+  """The frozen or trained VideoMAE judge. checkpoint: an official-format dir ('' = random init of `size`:
+  tiny | small | default, plumbing only). loss_type: '' = the judge's own terms (the recipe's
+  l1+dinov2_reg+siglip2); a term without weights is a config error, so choose e.g. 'l1' explicitly."""
+  return mlc.ConfigDict({"checkpoint": "", "size": size, "loss_type": ""})
+
+
 def run_arg(arg: str | None, **variants) -> mlc.ConfigDict:
   """`parse_arg` with the arguments every training config takes besides its own `variants`: `smoke`
   (minutes on a CPU), `steps=N` and `batch=N` (0 = the config's own)."""

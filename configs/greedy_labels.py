@@ -36,6 +36,7 @@ def get_config(arg=None):
   c.videomae = common.mlc.ConfigDict({
       "checkpoint": "",          # official-format dir; '' = a random init of `size` (plumbing only, warned)
       "size": "tiny" if a.smoke else "default",   # tiny | small | default (judge.load.SIZES)
+      "loss_type": "",           # '' = the judge's own terms; e.g. 'l1' to score without the perceptual nets
       "dtype": "float32",        # compute dtype of the judge (recorded in greedy_meta.json)
       "seed": 0,
   })

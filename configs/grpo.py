@@ -32,7 +32,7 @@ def get_config(arg=None):
       "tokens_per_step": 10, "top_k": 50, "requirement_min": 0.5, "requirement_max": 1.0,
       "temperature_start": 1.0 if a.smoke else 3.0, "temperature_end": 1.0 if a.smoke else 0.3,
       "frames_to_reconstruct": 2, "optimize_task_loss_prediction": True})
-  c.videomae = common.mlc.ConfigDict({"checkpoint": "", "size": "small" if a.smoke else "default"})
+  c.videomae = common.judge_config("small" if a.smoke else "default")
   if a.adam:
     c.optimizer = common.optimizer_config("adam", 5e-5, "constant", 0.0)
   return common.steps_and_batch(c, a)

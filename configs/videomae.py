@@ -25,9 +25,10 @@ def get_config(arg=None):
   c.train = common.train_config(150 if a.smoke else 20_000)
   c.train.log_every = 10 if a.smoke else 50
   c.train.ckpt_every = 50 if a.smoke else 1000
-  c.videomae = common.mlc.ConfigDict({"checkpoint": "", "size": "small" if a.smoke else "default",
-                                      "frame0_ratio": (0.05, 0.5), "other_ratio": (0.0, 0.2),
-                                      "recon_frames": 4 if a.smoke else 2})
+  c.videomae = common.judge_config("small" if a.smoke else "default")
+  c.videomae.update({"frame0_ratio": (0.05, 0.5), "other_ratio": (0.0, 0.2), "recon_frames": 4 if a.smoke else 2,
+                     # pretraining from scratch: the perceptual nets' weights (HF dirs or safetensors files)
+                     "dinov2_reg_weights": "", "siglip2_weights": ""})
   if a.smoke:
     c.data.synthetic_num_clips = 160
     # A small judge trained for minutes only learns to use the visible patches when it often sees many

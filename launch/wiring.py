@@ -88,7 +88,7 @@ def label(config, workdir: str) -> dict | None:
                      f"{config.data.clips_per_batch} must be >= 1")
   os.makedirs(workdir, exist_ok=True)
   vm = config.videomae
-  judge = load_judge(vm.checkpoint, vm.size, vm.dtype, vm.seed)
+  judge = load_judge(vm.checkpoint, vm.size, vm.dtype, vm.seed, loss_type=vm.get("loss_type", ""))
   devices = jax.local_devices() if not config.mesh.num_devices else jax.local_devices()[:config.mesh.num_devices]
   mesh = make_mesh(config.mesh.data, config.mesh.fsdp, devices)
   load, keys, kind = clip_source(config.data)

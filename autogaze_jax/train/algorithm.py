@@ -18,7 +18,21 @@ from autogaze_jax.api import AutoGaze
 from autogaze_jax.core.patches import ScaleLayout
 from autogaze_jax.evaluation import viz
 from autogaze_jax.gaze.config import GazeConfig, tiny_config
+from autogaze_jax.judge.load import JudgeTermsError, check_loss_terms, judge_config
 from autogaze_jax.train.state import ConfigError, make_optimizer
+
+def validate_judge(v) -> tuple[str, ...]:
+  """`config.videomae` (checkpoint, size, loss_type): the terms the judge will score with, or a ConfigError
+  naming the key (an unknown size, a term without weights), before anything is loaded or compiled."""
+  try:
+    judge_config(v.size)
+  except ValueError as e:
+    raise ConfigError(f"config.videomae.size: {e}") from None
+  try:
+    return check_loss_terms(v.checkpoint, v.size, v.get("loss_type", ""))
+  except JudgeTermsError as e:
+    raise ConfigError(f"config.videomae.loss_type: {e}") from None
+
 
 # step(state, batch, rng, frozen) -> (state, metrics); batch["video"] is float task space (B, T, C, H, W)
 Step = Callable

@@ -20,9 +20,9 @@ import ml_collections
 from flax import nnx
 
 from autogaze_jax.gaze.rollout import RolloutSpec, slot_ids, rollout_frames
-from autogaze_jax.judge.load import judge_config, load_judge
+from autogaze_jax.judge.load import load_judge
 from autogaze_jax.judge.losses import reconstruction_task
-from autogaze_jax.train.algorithm import GazeModelAlgorithm, Models, gaze_config
+from autogaze_jax.train.algorithm import GazeModelAlgorithm, Models, gaze_config, validate_judge
 from autogaze_jax.train.ntp import NORM_EPS
 from autogaze_jax.train.state import ConfigError, TrainState, apply_update
 
@@ -159,14 +159,12 @@ class GRPO(GazeModelAlgorithm):
       raise ConfigError(f"config.grpo.requirement_min/max = {g.requirement_min}/{g.requirement_max}: need 0 < min <= max")
     if g.temperature_start <= 0 or g.temperature_end <= 0:
       raise ConfigError("config.grpo.temperature_start/end must be positive")
-    try:
-      judge_config(config.videomae.size)
-    except ValueError as e:
-      raise ConfigError(f"config.videomae.size: {e}") from None
+    validate_judge(config.videomae)
 
   def init(self, config) -> Models:
     gaze = super().init(config)
-    judge = load_judge(config.videomae.checkpoint, config.videomae.size, seed=config.train.seed)
+    v = config.videomae
+    judge = load_judge(v.checkpoint, v.size, seed=config.train.seed, loss_type=v.get("loss_type", ""))
     return Models(gaze.graphdef, gaze.params, judge.graphdef,
                   {"videomae": judge.params, "perceptual": judge.perceptual})
 

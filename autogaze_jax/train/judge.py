@@ -25,10 +25,11 @@ from flax import nnx
 from autogaze_jax.core.sharding import path_str
 from autogaze_jax.interop.videomae import save_checkpoint
 from autogaze_jax.judge.config import VideoMAEConfig
-from autogaze_jax.judge.load import judge_config, load_judge
+from autogaze_jax.judge import perceptual as perc
+from autogaze_jax.judge.load import JudgeTermsError, judge_config, load_judge, require_weights, select_terms
 from autogaze_jax.judge.losses import reconstruction_task
 from autogaze_jax.judge.model import init_params
-from autogaze_jax.train.algorithm import Models
+from autogaze_jax.train.algorithm import Models, validate_judge
 from autogaze_jax.train.state import ConfigError, TrainState, apply_update
 
 FROZEN_PARAMS = r"(position_embeddings|decoder_pos_embed)(/value)?$"
@@ -128,10 +129,26 @@ class JudgeTraining:
   progress_keys = ("loss", "gaze_ratio", "lr")
 
   def validate(self, config):
+    if config.videomae.checkpoint:
+      validate_judge(config.videomae)
+    else:
+      self.scratch_config(config)
+
+  def scratch_config(self, config) -> VideoMAEConfig:
+    """Pretraining from scratch: the size's config with the chosen loss terms, each perceptual term
+    scored by the nets at `config.videomae.<term>_weights` (random perceptual nets would train nothing)."""
+    v = config.videomae
     try:
-      judge_config(config.videomae.size)
+      cfg = judge_config(v.size)
     except ValueError as e:
       raise ConfigError(f"config.videomae.size: {e}") from None
+    try:
+      cfg = select_terms(cfg, v.get("loss_type", "")).replace(
+          dinov2_reg_weights=v.get("dinov2_reg_weights", ""), siglip2_weights=v.get("siglip2_weights", ""))
+      require_weights(cfg, set(), "judge pretraining")
+    except JudgeTermsError as e:
+      raise ConfigError(f"config.videomae.loss_type / <term>_weights: {e}") from None
+    return cfg
 
   def train_config(self, config) -> VideoMAETrainConfig:
     v = config.videomae
@@ -142,9 +159,10 @@ class JudgeTraining:
 
   def init(self, config) -> Models:
     if not config.videomae.checkpoint:  # pretraining: a random init is the point here, not a fallback
-      graphdef, params = init_params(judge_config(config.videomae.size), config.train.seed)
-      return Models(graphdef, params, frozen={})
-    judge = load_judge(config.videomae.checkpoint, seed=config.train.seed)
+      cfg = self.scratch_config(config)
+      graphdef, params = init_params(cfg, config.train.seed)
+      return Models(graphdef, params, frozen=perc.load_from_config(cfg))
+    judge = load_judge(config.videomae.checkpoint, seed=config.train.seed, loss_type=config.videomae.get("loss_type", ""))
     return Models(judge.graphdef, judge.params, frozen=judge.perceptual)
 
   def optimizer(self, config):

@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,14 +15,17 @@ import zipfile
 import jax
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
+from configs import grpo as grpo_cfg, videomae as mae_cfg
 from tests.conftest import FIXTURES
 from autogaze_jax.interop.common import CheckpointError, read_safetensors
 from autogaze_jax.interop.torch_pickle import UnsafeCheckpointError, read_torch_state_dict
 from autogaze_jax.interop.videomae import (PERCEPTUAL_CONFIG, TASK_OVERRIDES, convert_task_checkpoint)
-from autogaze_jax.judge.load import load_judge
+from autogaze_jax.judge.load import JudgeTermsError, check_loss_terms, load_judge
 from autogaze_jax.judge.losses import reconstruction_task
+from autogaze_jax.train.registry import ALGORITHMS
+from autogaze_jax.train.state import ConfigError
 
 DIR = os.path.join(FIXTURES, "videomae_perceptual")
 PT = os.path.join(DIR, "videomae.pt")
@@ -360,3 +364,45 @@ def test_cli_convert(tmp_path):
   assert e.returncode != 0 and "error: dinov2_reg tensors do not match" in e.stderr
   u = run(f"--videomae_pt={PT}")
   assert u.returncode != 0 and "--config and --out are required" in u.stderr
+
+
+# ---------------------------------------------------------------- choosing the judge's loss terms
+def _without_nets(judge_dir, out):
+  """A copy of the converted judge dir whose config still lists the perceptual terms, without their nets."""
+  os.makedirs(out)
+  tensors, _ = read_safetensors(os.path.join(judge_dir, "model.safetensors"))
+  save_file({k: a for k, a in tensors.items() if not k.startswith(("dinov2_reg.", "siglip2."))},
+            os.path.join(out, "model.safetensors"), {"format": "pt"})
+  shutil.copy(os.path.join(judge_dir, "config.json"), out)
+  return out
+
+
+def test_loss_type_selects_terms_with_their_weights(judge_dir):
+  ref = dict(np.load(os.path.join(DIR, "case_all_frames.npz")))
+  judge = load_judge(judge_dir[0], loss_type="l1+siglip2")
+  assert judge.loss_terms == ["l1", "siglip2"] and set(judge.perceptual) == {"siglip2"}
+  res = _task(judge.graphdef, judge.params, *_inputs(), ref["frame_idx_to_reconstruct"], judge.perceptual)
+  np.testing.assert_allclose(res["loss_each_reconstruction_frame"], ref["loss_l1"] + 0.3 * ref["loss_siglip2"],
+                             rtol=1e-5, atol=1e-5)
+  with pytest.raises(JudgeTermsError, match="lpips"):
+    load_judge(judge_dir[0], loss_type="l1+lpips")
+
+
+def test_a_term_without_weights_is_a_named_error(judge_dir, tmp_path):
+  out = _without_nets(judge_dir[0], str(tmp_path / "bare"))
+  with pytest.raises(JudgeTermsError, match=r"\['dinov2_reg', 'siglip2'\].*loss_type=l1"):
+    load_judge(out)
+  with pytest.raises(JudgeTermsError, match="dinov2_reg"):
+    check_loss_terms(out)                              # the same answer from the headers alone
+  assert check_loss_terms(out, loss_type="l1") == ("l1",) and load_judge(out, loss_type="l1").perceptual == {}
+  # in a training config it is a ConfigError naming the key, raised at validation
+  c = grpo_cfg.get_config("smoke")
+  c.videomae.checkpoint = out
+  with pytest.raises(ConfigError, match="config.videomae.loss_type"):
+    ALGORITHMS["grpo"].validate(c)
+  c.videomae.loss_type = "l1"
+  ALGORITHMS["grpo"].validate(c)
+  c = mae_cfg.get_config("smoke")
+  c.videomae.size, c.videomae.loss_type = "default", ""     # pretraining with perceptual terms, no nets given
+  with pytest.raises(ConfigError, match="siglip2"):
+    ALGORITHMS["videomae"].validate(c)
