@@ -6,7 +6,10 @@
 
 `--src` holds `train/` and `val/` folders of videos (mp4/webm/mov/mkv). Each video becomes one record
 (first 16 frames, 224x224 uint8); unreadable videos are skipped and counted. Progress (clips/s, ETA) is
-logged while building; the report is printed and written to `<out>/build_report.json`. Read back with
+logged while building; the report is printed and written to `<out>/build_report.json`. Run again
+into the same --out, the dataset is reused only if the source (file list, sizes, mtimes, labels) is
+unchanged; otherwise the build stops and lists what changed, unless --rebuild replaces it. A split
+whose videos are all unreadable stops the build with its skip counts. Read back with
 `data_pipelines.sources.ArrayRecordSource(OUT)` or `tfds.data_source("autogaze_videos", data_dir=OUT)`.
 """
 from __future__ import annotations
@@ -30,6 +33,8 @@ def parse_args(argv=None):
   p.add_argument("--splits", default="train,val", help="comma-separated splits to build (default: train,val)")
   p.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset (with --synthetic)")
   p.add_argument("--cache_dir", default=None, help="cache dir of the synthetic videos (with --synthetic)")
+  p.add_argument("--rebuild", action="store_true",
+                 help="delete the dataset already in --out and build it again (needed once the source changed)")
   p.add_argument("--beam_runner", default=None,
                  help="build with Apache Beam on this runner (e.g. DirectRunner); needs requirements-beam.txt")
   p.add_argument("--beam_options", default=None,
@@ -40,7 +45,7 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
   args = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-  from data_pipelines.tfds_builder import build
+  from data_pipelines.tfds_builder import NoReadableVideos, StaleDataset, build
   src = args.src
   if args.synthetic is not None:
     from data_pipelines import synthetic
@@ -51,8 +56,11 @@ def main(argv=None) -> dict:
   if args.beam_runner and args.beam_options:
     import apache_beam as beam
     beam_options = beam.options.pipeline_options.PipelineOptions(args.beam_options.split())
-  report = build(src, args.out, labels=args.labels, splits=[s for s in args.splits.split(",") if s],
-                 beam_runner=args.beam_runner, beam_options=beam_options)
+  try:
+    report = build(src, args.out, labels=args.labels, splits=[s for s in args.splits.split(",") if s],
+                   beam_runner=args.beam_runner, beam_options=beam_options, rebuild=args.rebuild)
+  except (StaleDataset, NoReadableVideos) as e:
+    raise SystemExit(f"error: {type(e).__name__}: {e}") from None
   print(json.dumps(report, indent=1, sort_keys=True))
   return report
 

@@ -9,15 +9,21 @@ Record features (one clip, same layout as `sources` items):
   gazing_pos    int64 (N,), task_losses float32 (N,), label_lengths int32 (16,)
 
 Unreadable videos are skipped and counted (`build_report.json` in the output dir for the local
-path, Beam metrics `skip_*` for the Beam path). Records keep the generation order (shuffling is
-disabled: the grain pipeline shuffles), and `video_paths-<split>.json` next to the shards lists the
-`video_path` of each record for fast label joins at read time.
+path, Beam metrics `skip_*` for the Beam path); a split with no readable video at all is a
+`NoReadableVideos` error naming the split and its skip counts. `build_source.json` beside the dataset
+records what it was built from (each video's size and mtime, the labels' digest, the clip shape): a
+later build into the same dir reuses the dataset only when that record matches, else it stops with
+`StaleDataset` (counts of added / removed / modified videos) or, asked to, rebuilds. Records keep
+the generation order (shuffling is disabled: the grain pipeline shuffles), and
+`video_paths-<split>.json` next to the shards lists the `video_path` of each record for fast label
+joins at read time.
 
 Beam: `build(..., beam_runner=...)` (or `use_beam=True`) makes `_generate_examples` return a Beam
 PTransform, so tfds runs the same decode on any Beam runner (DirectRunner, Dataflow, Flink, Spark).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -32,6 +38,74 @@ from data_pipelines import ops
 from data_pipelines import sources
 from data_pipelines.sources import DATASET_NAME, DATASET_VERSION, path_index_file, read_path_index
 
+
+
+class NoReadableVideos(ValueError):
+  """A split whose folder holds no video that decodes; the message lists the skip counts."""
+
+
+class StaleDataset(ValueError):
+  """The output dir holds a dataset built from another source (or an unknown one)."""
+
+
+SOURCE_FILE = "build_source.json"   # beside build_report.json in the output dir
+
+
+def source_record(src_dir: str, splits: Sequence[str], labels: Mapping | None, clip_len: int, size: int) -> dict:
+  """What a build depends on: each video's (size, mtime_ns) keyed "<split>/<name>", the labels'
+  sha256 and the clip shape. Stat only (no reading), so checking a large folder stays cheap."""
+  videos = {}
+  for split in splits:
+    if not os.path.isdir(os.path.join(src_dir, split)):
+      continue
+    for p in sources.list_videos(src_dir, split):
+      try:
+        st = os.stat(p)
+        videos[f"{split}/{os.path.basename(p)}"] = [st.st_size, st.st_mtime_ns]
+      except OSError:   # dangling link / vanished file: listed (it is a counted skip) without a stat
+        videos[f"{split}/{os.path.basename(p)}"] = None
+  digest = None
+  if labels is not None:
+    blob = json.dumps(labels, sort_keys=True, default=lambda o: np.asarray(o).tolist()).encode()
+    digest = hashlib.sha256(blob).hexdigest()
+  return {"src_dir": os.path.abspath(src_dir), "splits": sorted(s for s in splits
+                                                                  if os.path.isdir(os.path.join(src_dir, s))),
+          "clip_len": clip_len, "size": size, "labels_sha256": digest, "videos": videos}
+
+
+def source_changes(old: Mapping | None, new: Mapping) -> list[str]:
+  """Human-readable differences between two `source_record`s (empty: the same source)."""
+  if old is None:
+    return [f"no {SOURCE_FILE} (built by an older version or interrupted): its source is unknown"]
+  out = []
+  for key in ("splits", "clip_len", "size"):
+    if old.get(key) != new.get(key):
+      out.append(f"{key} {old.get(key)} -> {new.get(key)}")
+  if old.get("labels_sha256") != new.get("labels_sha256"):
+    out.append("labels changed" if old.get("labels_sha256") and new.get("labels_sha256") else
+               ("labels added" if new.get("labels_sha256") else "labels removed"))
+  a, b = old.get("videos", {}), new.get("videos", {})
+  added, removed = sorted(b.keys() - a.keys()), sorted(a.keys() - b.keys())
+  modified = sorted(k for k in a.keys() & b.keys() if a[k] != b[k])
+  if added or removed or modified:
+    eg = ", ".join([f"+{k}" for k in added[:2]] + [f"-{k}" for k in removed[:2]] + [f"~{k}" for k in modified[:2]])
+    out.append(f"videos: {len(added)} added, {len(removed)} removed, {len(modified)} modified (e.g. {eg})")
+  if old.get("src_dir") != new.get("src_dir") and out:
+    out.append(f"src {old.get('src_dir')} -> {new.get('src_dir')}")
+  return out
+
+
+def _read_json(path: str):
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_json(path: str, obj) -> None:
+  with open(path + ".tmp", "w") as f:
+    json.dump(obj, f, indent=1, sort_keys=True)
+  os.replace(path + ".tmp", path)
 
 
 def _features(clip_len: int, size: int):
@@ -140,30 +214,63 @@ class AutogazeVideos(tfds.core.GeneratorBasedBuilder):
   def _local_examples(self, split, paths):
     counts = self.skip_counts.setdefault(split, {k: 0 for k in ops.STAT_KEYS})
     prog = _Progress(len(paths), f"{DATASET_NAME}/{split}", sink=self._progress)
+    yielded = 0
     for i, p in enumerate(paths):
       rec, flags = encode_one(p, self._labels, self._clip_len, self._size)
       for k, n in flags.items():
         counts[k] += n
       prog.step()
       if rec is not None:
+        yielded += 1
         yield f"{i:010d}", rec  # zero-padded: key order = folder order
+    if not yielded:   # else tfds stops with a bare "No examples were yielded"
+      skipped = {k: n for k, n in counts.items() if k.startswith("skip_") and n}
+      raise NoReadableVideos(f"split {split!r}: no readable video in {os.path.join(self._src_dir, split)} "
+                             f"({len(paths)} video files; skips: {skipped or 'none'})")
 
 
 def build(src_dir: str, out_dir: str, *, labels=None, splits: Sequence[str] = sources.SPLITS,
-          beam_runner=None, beam_options=None, progress=None) -> dict:
+          beam_runner=None, beam_options=None, progress=None, rebuild: bool = False) -> dict:
   """Build (or reuse) the ArrayRecord dataset of `src_dir` under `out_dir`; returns a report
   {split: {"records": n, **skip/repair counts}} also written to `<out_dir>/build_report.json`.
 
   labels: label dict or file path(s) (validated); joined by relative path and stored per record.
   beam_runner: a Beam runner (e.g. "DirectRunner" or an object) to build with Apache Beam.
+  A dataset already in `out_dir` is reused (with the counts of the build that made it) only when
+  its `build_source.json` matches `src_dir`, the labels and the splits; otherwise `StaleDataset`
+  lists the changes, or with `rebuild` the old dataset is deleted and built again.
   """
   if isinstance(labels, (str, list, tuple)):
     labels = labels_lib.load_labels(labels)
   use_beam = beam_runner is not None
   b = AutogazeVideos(data_dir=out_dir, src_dir=src_dir, labels=labels, splits=splits, use_beam=use_beam,
                      progress=progress)
-  dl = tfds.download.DownloadConfig(beam_runner=beam_runner, beam_options=beam_options) if use_beam else None
-  b.download_and_prepare(download_config=dl)
+  record = source_record(src_dir, splits, labels, b._clip_len, b._size)
+  source_file, report_file = os.path.join(out_dir, SOURCE_FILE), os.path.join(out_dir, "build_report.json")
+  reused = os.path.exists(os.path.join(str(b.data_path), "dataset_info.json"))
+  if reused:
+    changes = source_changes(_read_json(source_file), record)
+    if changes and not rebuild:
+      raise StaleDataset(f"{out_dir} holds the {DATASET_NAME} dataset of another source: "
+                         f"{'; '.join(changes)}. Rebuild it (--rebuild) or choose another --out")
+    if changes or rebuild:
+      logging.warning("rebuilding %s (%s)", out_dir, "; ".join(changes) or "asked to")
+      reused = False
+  mode = (tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS if reused else
+          tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS)   # the latter deletes an existing dataset
+  dl = tfds.download.DownloadConfig(beam_runner=beam_runner, beam_options=beam_options, download_mode=mode)
+  if not reused:   # a build that dies midway must not leave an old source record next to new data
+    for f in (source_file, report_file):
+      if os.path.exists(f):
+        os.remove(f)
+  try:
+    b.download_and_prepare(download_config=dl)
+  except AssertionError as e:   # the Beam writer's empty split (the local path raises NoReadableVideos itself)
+    if "No examples were yielded" not in str(e):
+      raise
+    raise NoReadableVideos(f"a split of {splits} under {src_dir} has no readable video (Beam build: see its "
+                           "skip_* counters for the reasons)") from None
+  previous = (_read_json(report_file) or {}) if reused else {}
   report = {}
   for split in b.info.splits.keys():
     ds = tfds.data_source(DATASET_NAME, data_dir=out_dir, split=split)
@@ -176,9 +283,11 @@ def build(src_dir: str, out_dir: str, *, labels=None, splits: Sequence[str] = so
       with open(idx_file + ".tmp", "w") as f:
         json.dump(paths, f)
       os.replace(idx_file + ".tmp", idx_file)
-    report[split] = {"records": len(ds), **b.skip_counts.get(split, {})}
+    # Reused: this run decoded nothing, so the skip/repair counts are those of the build that made it.
+    report[split] = {**previous.get(split, {}), "records": len(ds), **b.skip_counts.get(split, {})}
     if labels is not None:
       report[split].update({k: len(v) for k, v in labels_lib.join_report(paths, labels).items()})
-  with open(os.path.join(out_dir, "build_report.json"), "w") as f:
-    json.dump(report, f, indent=1, sort_keys=True)
+  _write_json(report_file, report)
+  if not reused:
+    _write_json(source_file, record)
   return report

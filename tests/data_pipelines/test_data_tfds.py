@@ -119,3 +119,50 @@ def test_beam_direct_runner(folder, tmp_path):
 def test_stat_keys_match_stored_shape(built):
   ar = sources.ArrayRecordSource(built[0], "val")
   assert ar[0]["data_stats"].shape == (len(ops.STAT_KEYS),)
+
+
+def test_rebuild_into_same_out_detects_a_changed_source(folder, tmp_path):
+  """Issue 20 item 5: same source -> reused with the first build's skip counts; changed -> StaleDataset
+  naming the changes (old data untouched); --rebuild -> the new source's records."""
+  import shutil
+  from data_pipelines.tfds_builder import StaleDataset, build
+  from launch import build_dataset
+  src, out = str(tmp_path / "ds"), str(tmp_path / "out")
+  shutil.copytree(folder[0], src)
+  shutil.rmtree(os.path.join(src, "val"))
+  first = build(src, out)
+  assert first["train"]["records"] == 4 and first["train"]["skip_zero_length"] == 1
+  assert build(src, out) == first                                    # reused: counts kept, not lost
+  with open(os.path.join(out, "build_report.json")) as f:
+    assert json.load(f) == first
+  shutil.copy(os.path.join(src, "train", "v0.mp4"), os.path.join(src, "train", "v5.mp4"))      # added
+  shutil.copy(os.path.join(src, "train", "v0.mp4"), os.path.join(src, "train", "v1.mp4"))      # modified
+  os.remove(os.path.join(src, "train", "v2_short.mp4"))                                        # removed
+  with pytest.raises(StaleDataset, match=r"videos: 1 added, 1 removed, 1 modified \(e.g. \+train/v5.mp4"):
+    build(src, out)
+  assert len(sources.ArrayRecordSource(out, "train")) == 4            # the old dataset is left as it was
+  with pytest.raises(SystemExit, match=r"StaleDataset: .*out holds the autogaze_videos dataset of another source: "
+                                       r".*\(--rebuild\)"):
+    build_dataset.main([f"--src={src}", f"--out={out}", "--splits=train"])
+  report = build_dataset.main([f"--src={src}", f"--out={out}", "--splits=train", "--rebuild"])
+  assert report["train"]["records"] == 4 and report["train"]["skip_zero_length"] == 1
+  assert report["train"]["padded_short"] == 0                        # v2_short is gone
+  assert sources.ArrayRecordSource(out, "train").paths()[-1] == "ds/train/v5.mp4"
+  assert build(src, out) == report                                    # and that build is reused again
+
+
+def test_split_without_readable_video_is_named(tmp_path):
+  """Issue 20 item 9: a split whose files all fail to decode is NoReadableVideos with the skip counts,
+  not tfds's bare AssertionError."""
+  from data_pipelines.tfds_builder import NoReadableVideos, build
+  src = tmp_path / "bad"
+  os.makedirs(src / "train")
+  os.makedirs(src / "val")
+  write_video(str(src / "train" / "a.mp4"), ramp_frames(16))
+  (src / "val" / "empty.mp4").write_bytes(b"")
+  (src / "val" / "noise.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 3000, np.uint8).tobytes())
+  os.symlink(str(src / "gone.mp4"), str(src / "val" / "dangling.mp4"))
+  with pytest.raises(NoReadableVideos, match=r"split 'val': no readable video in .*bad/val \(3 video files; "
+                     r"skips: \{'skip_zero_length': 1, 'skip_open_error': 2\}\)"):
+    build(str(src), str(tmp_path / "out"))
+  assert not os.path.exists(tmp_path / "out" / "build_source.json")   # nothing recorded as built
