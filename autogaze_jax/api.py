@@ -20,6 +20,10 @@ from autogaze_jax.gaze.preprocess import Processor, check_frames
 from autogaze_jax.gaze.streaming import GazeStream
 from autogaze_jax.gaze.tiling import merge_tile_masks, needs_res_adapt, recover_res_adapt, res_adapt_tiles, tile_video
 from autogaze_jax.interop import gaze as interop
+from autogaze_jax.interop.common import resolve_checkpoint_dir
+
+# What a gaze checkpoint needs from a hub repo (nothing else is downloaded).
+HUB_FILES = (interop.CONFIG_NAME, interop.WEIGHTS_NAME, interop.PREPROCESSOR_NAME)
 
 
 class AutoGaze:
@@ -44,7 +48,11 @@ class AutoGaze:
 
   # ---- checkpoint interop ----
   @classmethod
-  def from_pretrained(cls, ckpt_dir: str, dtype: str | None = None) -> "AutoGaze":
+  def from_pretrained(cls, ckpt_dir: str, dtype: str | None = None, revision: str | None = None) -> "AutoGaze":
+    """A local checkpoint dir, or a hub id ("nvidia/AutoGaze", "nvidia/AutoGaze@<rev>" or `revision=`)
+    fetched through huggingface_hub's cache (HF_HOME, HF_HUB_OFFLINE honoured). A local dir of that
+    name wins. Errors are `CheckpointError`s naming the dir or id."""
+    ckpt_dir = resolve_checkpoint_dir(ckpt_dir, revision, allow_patterns=HUB_FILES, what="gaze checkpoint")
     cfg = interop.read_config(ckpt_dir)
     if dtype is not None:
       cfg = cfg.replace(dtype=dtype)

@@ -4,6 +4,11 @@
                            [--dinov2=HF_DIR] [--siglip2=HF_DIR]
                            [--loss_type=l1+dinov2_reg+siglip2] [--loss_weights=1+0.3+0.3]
 
+Every input is a local path or a hub id ('org/name', 'org/name@revision') fetched through huggingface_hub's
+cache (HF_HOME, HF_HUB_OFFLINE honoured): e.g. --videomae_pt=bfshi/VideoMAE_AutoGaze (its videomae.pt),
+--config=facebook/vit-mae-large, --dinov2=facebook/dinov2-with-registers-base,
+--siglip2=google/siglip2-base-patch16-224. A local path of the same name wins.
+
 FILE: `torch.save` of the whole DDP-wrapped task (keys `module.mae.*`), read without torch by a
 restricted unpickler (tensors only). --config: the backbone's config.json (the official recipe uses
 `facebook/vit-mae-large`'s), to which the task's overrides (scales 32+64+112+224, scale/time
@@ -20,7 +25,8 @@ from __future__ import annotations
 
 from absl import app, flags
 
-_PT = flags.DEFINE_string("videomae_pt", None, "official task checkpoint (torch zip, keys module.mae.*)")
+_PT = flags.DEFINE_string("videomae_pt", None, "official task checkpoint (torch zip, keys module.mae.*): a file, "
+                          "a dir holding videomae.pt, or a hub id (bfshi/VideoMAE_AutoGaze)")
 _CONFIG = flags.DEFINE_string("config", None, "ViT-MAE config.json, or a dir holding one (e.g. facebook/vit-mae-large)")
 _OUT = flags.DEFINE_string("out", None, "output judge dir (config.json + model.safetensors)")
 _DINOV2 = flags.DEFINE_string("dinov2", None, "HF dir of the DINOv2-with-registers net (config.json [+ weights])")
@@ -32,10 +38,15 @@ _LOSS_WEIGHTS = flags.DEFINE_string("loss_weights", "1+0.3+0.3", "one weight per
 def convert(videomae_pt: str, config: str, out: str, dinov2: str | None = None, siglip2: str | None = None,
             loss_type: str = "l1+dinov2_reg+siglip2", loss_weights: str = "1+0.3+0.3") -> dict:
   """Run the conversion; returns {part: tensor count, <part>_source: where its tensors came from}."""
-  from autogaze_jax.interop.common import CheckpointError
+  from autogaze_jax.interop.common import CheckpointError, resolve_checkpoint_dir, resolve_checkpoint_file
   from autogaze_jax.interop.videomae import TASK_OVERRIDES, convert_task_checkpoint
   overrides = dict(TASK_OVERRIDES, loss_type=loss_type, loss_weights=loss_weights)
+  net_files = ("config.json", "model.safetensors")
   try:
+    videomae_pt = resolve_checkpoint_file(videomae_pt, "videomae.pt", what="--videomae_pt")
+    config = resolve_checkpoint_dir(config, allow_patterns=("config.json",), what="--config")
+    dinov2 = dinov2 and resolve_checkpoint_dir(dinov2, allow_patterns=net_files, what="--dinov2")
+    siglip2 = siglip2 and resolve_checkpoint_dir(siglip2, allow_patterns=net_files, what="--siglip2")
     return convert_task_checkpoint(videomae_pt, config, out, dinov2, siglip2, overrides)
   except CheckpointError as e:
     raise SystemExit(f"error: {e}") from None

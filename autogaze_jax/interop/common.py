@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable
+import re
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -19,6 +20,98 @@ SAFETENSORS_METADATA = {"format": "pt"}  # the only value (besides none) the off
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be read as an AutoGaze checkpoint; the message names the problem."""
+
+
+# ---------------------------------------------------------------- hub ids
+# A hub repo id: "namespace/name" (letters, digits, "-", "_", "."), optionally "@revision" (a branch, tag or
+# commit). "@" cannot occur in a repo id, so the split is unambiguous.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_TRUE = ("1", "true", "yes", "on")
+
+
+def split_hub_id(name: str) -> tuple[str, str | None]:
+  """'org/name@rev' -> ('org/name', 'rev'); 'org/name' -> ('org/name', None)."""
+  repo, sep, rev = name.partition("@")
+  return repo, (rev if sep else None)
+
+
+def looks_like_hub_id(name: str) -> bool:
+  """True for 'org/name' or 'org/name@rev' (and not for absolute, ./ or multi-part paths)."""
+  return bool(name) and bool(_HUB_ID.match(split_hub_id(name)[0]))
+
+
+def hub_cache_dir() -> str | None:
+  """The hub cache huggingface_hub would use, read from the environment now (HF_HUB_CACHE, else
+  HF_HOME/hub; None = the library default): its constants are frozen at import, but a user or a test
+  may set these later in the process."""
+  if os.environ.get("HF_HUB_CACHE"):
+    return os.environ["HF_HUB_CACHE"]
+  if os.environ.get("HF_HOME"):
+    return os.path.join(os.environ["HF_HOME"], "hub")
+  return None
+
+
+def resolve_checkpoint_dir(name_or_path: str, revision: str | None = None,
+                           allow_patterns: Sequence[str] | None = None, what: str = "checkpoint") -> str:
+  """A local path, or a hub id ('org/name', 'org/name@revision' or `revision=`) -> a local path.
+
+  An existing local file or directory always wins and is returned as given. Otherwise a hub id is
+  fetched with `huggingface_hub.snapshot_download` into its cache (HF_HOME / HF_HUB_CACHE), only the
+  files matching `allow_patterns`; with HF_HUB_OFFLINE=1 only the cache is read. Anything else (a
+  missing path, an unknown id, an id not cached while offline) is a CheckpointError naming it and
+  saying how to get it."""
+  name = os.fspath(name_or_path) if name_or_path is not None else ""
+  if not name:
+    raise CheckpointError(f"{what}: no path or hub id given")
+  if os.path.exists(name):
+    if revision is not None:
+      raise CheckpointError(f"{what} {name!r} is a local path; revision={revision!r} applies only to hub ids")
+    return name
+  if not looks_like_hub_id(name):
+    raise CheckpointError(f"{what} {name!r} does not exist (neither a local path nor a hub id 'org/name[@revision]')")
+  repo, rev = split_hub_id(name)
+  if rev is not None and revision is not None and rev != revision:
+    raise CheckpointError(f"{what} {name!r}: revision given twice ({rev!r} in the id, revision={revision!r})")
+  rev = rev or revision
+  if rev == "":
+    raise CheckpointError(f"{what} {name!r}: empty revision after '@'")
+  from huggingface_hub import snapshot_download
+  from huggingface_hub.errors import (HFValidationError, HfHubHTTPError, LocalEntryNotFoundError,
+                                      RepositoryNotFoundError, RevisionNotFoundError)
+  offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+  cache = hub_cache_dir()
+  label = repo + (f"@{rev}" if rev else "")
+  try:
+    return snapshot_download(repo, revision=rev, cache_dir=cache, local_files_only=offline,
+                             allow_patterns=list(allow_patterns) if allow_patterns else None)
+  except LocalEntryNotFoundError:
+    where = cache or "the default hub cache (~/.cache/huggingface/hub)"
+    why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached"
+    raise CheckpointError(
+        f"{what} {label!r} is not a local path and not in the hub cache {where} ({why}). Fix: run once with a "
+        f"network and HF_HUB_OFFLINE unset to download it, or `hf download {repo}"
+        f"{f' --revision {rev}' if rev else ''} --local-dir DIR` where you have one and pass DIR") from None
+  except RevisionNotFoundError:
+    raise CheckpointError(f"{what} {label!r}: the hub repo {repo!r} has no revision {rev!r}") from None
+  except RepositoryNotFoundError:
+    raise CheckpointError(f"{what} {label!r}: no such hub repo (or it is private/gated: log in with `hf auth "
+                          "login`), and no local path of that name") from None
+  except HFValidationError as e:
+    raise CheckpointError(f"{what} {label!r} is not a valid hub id: {e}") from None
+  except (HfHubHTTPError, OSError) as e:
+    raise CheckpointError(f"{what} {label!r}: download failed ({type(e).__name__}: {e})") from None
+
+
+def resolve_checkpoint_file(name_or_path: str, filename: str, revision: str | None = None,
+                            what: str = "checkpoint file") -> str:
+  """A local file, a local dir holding `filename`, or a hub id whose repo holds `filename` -> a local
+  file path (only that file is fetched)."""
+  path = resolve_checkpoint_dir(name_or_path, revision, allow_patterns=[filename], what=what)
+  if os.path.isdir(path):
+    path = os.path.join(path, filename)
+    if not os.path.isfile(path):
+      raise CheckpointError(f"{what} {name_or_path!r} has no {filename}")
+  return path
 
 
 def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict]:

@@ -1,8 +1,8 @@
 """Frozen perceptual feature extractors for the reconstruction loss.
 
 DINOv2-with-registers (HF `Dinov2WithRegistersModel`) and SigLIP2 vision (HF `SiglipVisionModel`). They
-are frozen judges, loaded from local safetensors only (nothing downloads); a random init exists only for
-tests with tiny configs.
+are frozen judges, loaded from safetensors (a local path, or a hub id through huggingface_hub's cache);
+a random init exists only for tests with tiny configs.
 
 SigLIP2 is the gazed ViT's tower (vit/model.py) run on whole frames with bidirectional attention and no
 pooling head, its params converted by interop/siglip.py: one SigLIP implementation, one name table.
@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 from autogaze_jax.interop import siglip
-from autogaze_jax.interop.common import CheckpointError, read_safetensors
+from autogaze_jax.interop.common import CheckpointError, read_safetensors, resolve_checkpoint_dir
 from autogaze_jax.core.layers import attend, dense, transformer_block
 from autogaze_jax.vit.model import GazedViTConfig, abstract_params, plain_hidden_states
 from autogaze_jax.gaze.preprocess import IMAGENET_MEAN as TASK_MEAN, IMAGENET_STD as TASK_STD  # the vit-mae preprocessor's
@@ -147,7 +147,10 @@ def from_tensors(cfg: ExtractorConfig, tensors: dict[str, np.ndarray]) -> Percep
 
 
 def load(cfg: ExtractorConfig, path: str) -> PerceptualNet:
-  """Local safetensors file (or directory holding model.safetensors) -> PerceptualNet."""
+  """Safetensors file, directory holding model.safetensors, or hub id ('facebook/dinov2-with-registers-base',
+  'org/name@revision', through the huggingface_hub cache) -> PerceptualNet."""
+  path = resolve_checkpoint_dir(path, allow_patterns=("config.json", "model.safetensors"),
+                                what=f"{cfg.kind} weights")
   if os.path.isdir(path):
     path = os.path.join(path, "model.safetensors")
   tensors, _ = read_safetensors(path)
