@@ -15,9 +15,9 @@ the HF names (linear weights stored (in, out), conv weights HWIO).
 concatenated on channels; DINOv2 drops cls + registers. `PerceptualNet` is a pytree: arrays are
 leaves, the config (and the ViT graph) static.
 
-Unverified against torch here (no torch on this machine): DINOv2's position table is resized
-37x37 -> 16x16 by torch's *antialiased* bicubic (`antialias=True`, a = -0.5, PIL-style support),
-implemented by `aa_bicubic_matrix` from the ATen algorithm.
+DINOv2's position table is resized 37x37 -> 16x16 by torch's *antialiased* bicubic (`antialias=True`,
+a = -0.5, PIL-style support), `aa_bicubic_matrix`; the table, each net's input and its features equal the
+official task's (tests/interop/test_convert.py, the `videomae_perceptual` fixture).
 """
 from __future__ import annotations
 
@@ -210,7 +210,7 @@ def _dinov2_pos(cfg: ExtractorConfig, table: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- forward
-def _to_input(kind: str, z: jax.Array) -> jax.Array:
+def to_input(kind: str, z: jax.Array) -> jax.Array:
   """Task space -> the extractor's input space (official `retransform`, no resize)."""
   mean = jnp.asarray(TASK_MEAN, jnp.float32)[:, None, None]
   std = jnp.asarray(TASK_STD, jnp.float32)[:, None, None]
@@ -223,7 +223,7 @@ def _to_input(kind: str, z: jax.Array) -> jax.Array:
 def features(net: PerceptualNet, images: jax.Array, dtype=jnp.float32) -> jax.Array:
   """images (M,3,H,W) task space -> (M, tokens, 4*width) float32 (see module docstring)."""
   cfg = net.cfg
-  x = _to_input(cfg.kind, images.astype(jnp.float32))
+  x = to_input(cfg.kind, images.astype(jnp.float32))
   if cfg.kind == "siglip2":
     vcfg = _vit_config(cfg).replace(dtype=jnp.dtype(dtype).name)
     hidden = plain_hidden_states(vcfg, nnx.merge(net.graphdef, net.params), x[:, None])

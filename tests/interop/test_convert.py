@@ -13,6 +13,7 @@ import sys
 import zipfile
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
@@ -24,6 +25,7 @@ from autogaze_jax.interop.torch_pickle import UnsafeCheckpointError, read_torch_
 from autogaze_jax.interop.videomae import (PERCEPTUAL_CONFIG, TASK_OVERRIDES, convert_task_checkpoint)
 from autogaze_jax.judge.load import JudgeTermsError, check_loss_terms, load_judge
 from autogaze_jax.judge.losses import reconstruction_task
+from autogaze_jax.judge.perceptual import features as perceptual_features, to_input as perceptual_to_input
 from autogaze_jax.train.registry import ALGORITHMS
 from autogaze_jax.train.state import ConfigError
 
@@ -406,3 +408,21 @@ def test_a_term_without_weights_is_a_named_error(judge_dir, tmp_path):
   c.videomae.size, c.videomae.loss_type = "default", ""     # pretraining with perceptual terms, no nets given
   with pytest.raises(ConfigError, match="siglip2"):
     ALGORITHMS["videomae"].validate(c)
+
+
+def test_perceptual_probe_features_and_dinov2_position_table(judge_dir):
+  """The probe image (sample 0, frame 15): what each net receives and the last-4-layer features the loss
+  uses, for the target frame and the official reconstruction; DINOv2's 37x37 -> 16x16 antialiased
+  bicubic position table (without antialiasing it would be off by up to 0.57)."""
+  nets = load_judge(judge_dir[0]).perceptual
+  ref = np.load(os.path.join(DIR, "case_all_frames.npz"))
+  np.testing.assert_allclose(nets["dinov2_reg"].params["embeddings.position_embeddings"],
+                             ref["dinov2_reg_interpolated_pos_embed"], rtol=0, atol=1e-6)
+  target = _inputs()[0][0, 15]
+  pred = np.load(os.path.join(TINY, "recon_all_frames.npz"))["reconstruction_b0_f15"]
+  for term, net in nets.items():
+    for kind, img in (("target", target), ("pred", pred)):
+      np.testing.assert_allclose(perceptual_to_input(term, jnp.asarray(img)), ref[f"probe_{term}_input_{kind}"],
+                                 rtol=0, atol=1e-5, err_msg=f"{term} {kind} input")
+      np.testing.assert_allclose(perceptual_features(net, jnp.asarray(img)[None])[0],
+                                 ref[f"probe_{term}_features_{kind}"], rtol=1e-4, atol=1e-4, err_msg=f"{term} {kind}")
