@@ -1,9 +1,10 @@
 """Gaze-model configuration, 1:1 with the official `config.json`.
 
 `GazeConfig` is a frozen (hashable) dataclass so it can be a static argument of jitted functions.
-Only the fields that change the computation are typed; everything else of an official `config.json`
-(sampling configs, generic HF keys) is carried verbatim in `raw_json` so that a load -> save round trip
-writes the same file. Derived quantities (vocabulary, EOS id, tokens per scale) are properties,
+The fields that change the computation and the sampling configs (`gaze/sampling.py`: ratio, per-frame
+ratio and task-loss requirement strategies) are typed; everything else of an official `config.json`
+(generic HF keys) is carried verbatim in `raw_json` so that a load -> save round trip writes the same
+file. Derived quantities (vocabulary, EOS id, tokens per scale) are properties,
 computed the way the official constructors override them, never stored twice.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 from typing import Any
 
 from autogaze_jax.core.config_base import ConfigBase
+from autogaze_jax.gaze.sampling import SamplingConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +58,9 @@ class GazeConfig(ConfigBase):
   num_vision_tokens_each_frame: int = 265
   input_img_size: int = 224
   max_num_frames: int = 16
+  # How a call without gazing_ratio / task_loss_requirement (and training) draws them; official defaults.
+  # Host-side only: not part of equality/hash, so models that differ only here share compiled programs.
+  sampling: SamplingConfig = dataclasses.field(default=SamplingConfig(), compare=False)
   # Compute dtype of the forward passes (params stay float32). Not part of config.json.
   dtype: str = "float32"
   # The official config.json this config was read from (verbatim), for a faithful re-export.
@@ -155,6 +160,7 @@ class GazeConfig(ConfigBase):
           num_vision_tokens_each_frame=int(d["num_vision_tokens_each_frame"]),
           input_img_size=int(gm.get("input_img_size", cls.input_img_size)),
           max_num_frames=int(d.get("max_num_frames") or cls.max_num_frames),
+          sampling=SamplingConfig.from_official_dict(d),
           raw_json=json.dumps(d, sort_keys=True),
           **overrides)
     except KeyError as e:
@@ -183,6 +189,7 @@ class GazeConfig(ConfigBase):
         "rope_type": "llama3"}
     dc["vocab_size"] = self.vocab_size
     dc["eos_token_id"] = self.eos_token_id
+    self.sampling.update_official_dict(d)
     return d
 
 

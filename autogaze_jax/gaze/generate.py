@@ -7,6 +7,9 @@ gazing_pos (B, N) global ids (padded slots hold `265 * (t + 1)`), if_padded_gazi
 to num_gazing_each_frame in the official coupled mode), log_action_probs / task_loss_prediction (teacher-forced,
 None with generate_only), scales, frame_sampling_rate, num_vision_tokens_each_frame,
 has_task_loss_requirement, task_loss_requirement (B, T) or None; plus num_real_gazing_each_frame (B, T).
+With neither gazing_ratio nor task_loss_requirement the call follows the config's inference sampling
+(`gaze/sampling.py`, docs/sampling.md): ratio, per-frame split and requirement drawn from `seed`, the
+`self` split by a greedy pre-generation pass (per sample; the official code allows only B == 1).
 The device program works on fixed-capacity per-frame buffers; only this final compaction to the
 variable-length official layout happens in numpy.
 """
@@ -19,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from autogaze_jax.core.patches import ScaleLayout, gazing_masks
+from autogaze_jax.gaze import sampling
 from autogaze_jax.gaze.functional import check_pixel_values, teacher_forced
 from autogaze_jax.gaze.rollout import RolloutSpec, budgets_from_ratio, slot_ids, rollout
 
@@ -66,9 +70,13 @@ def generate(model, pixel_values, gazing_ratio=None, task_loss_requirement=None,
   cfg = model.cfg
   pv = check_pixel_values(pixel_values, cfg)
   b, t = pv.shape[:2]
-  q = check_threshold(task_loss_requirement)
-  ratio = check_ratio(default_ratio(cfg, gazing_ratio, q), t)
-  budgets = budgets_from_ratio(ratio, t, cfg.num_vision_tokens_each_frame)
+  if gazing_ratio is None and task_loss_requirement is None:
+    budgets, q = config_budgets(model, pv, seed, coupled=coupled, tokens_per_step=tokens_per_step,
+                                capacity=capacity)
+  else:
+    q = check_threshold(task_loss_requirement)
+    ratio = check_ratio(default_ratio(cfg, gazing_ratio, q), t)
+    budgets = budgets_from_ratio(ratio, t, cfg.num_vision_tokens_each_frame)
   spec = make_spec(cfg, budgets, t, use_threshold=q is not None, coupled=coupled, tokens_per_step=tokens_per_step,
                    sample=sample, top_k=top_k, capacity=capacity)
   thr = np.full((b, t), np.float32(q if q is not None else 0.0), np.float32)
@@ -107,12 +115,38 @@ def compact(tokens: np.ndarray, length: np.ndarray, vocab_per_frame: int) -> dic
 
 
 def default_ratio(cfg, gazing_ratio, threshold):
-  """The official argument rules: a threshold alone means ratio 1 (budget 265); neither
-  means the checkpoint's fixed gazing ratio (0.75 for the released model)."""
+  """The official argument rules: a threshold alone means ratio 1 (budget 265); neither means the
+  config's fixed gazing ratio (callers that follow the whole sampling config use `config_budgets`)."""
   if gazing_ratio is not None:
     return gazing_ratio
   if threshold is not None:
     return 1.0
-  import json
-  raw = json.loads(cfg.raw_json) if cfg.raw_json else {}
-  return float(raw.get("gazing_ratio_config", {}).get("fixed", {}).get("gazing_ratio", 0.75))
+  return cfg.sampling.ratio.fixed
+
+
+def config_draws(cfg, frames: int, seed: int, training: bool = False):
+  """(clip ratio, per-frame ratios (T,) or None for `self`, requirement or None) drawn from the config's
+  sampling strategies with a key derived from `seed` (the rollout's own key stays `key(seed)`)."""
+  s = cfg.sampling
+  k_ratio, k_frames, k_req = jax.random.split(jax.random.fold_in(jax.random.key(seed), 0x5A3), 3)
+  ratio = float(sampling.draw_ratio(k_ratio, s.ratio, training))
+  per_frame = None
+  if s.frame.strategy(training) != "self":
+    per_frame = np.asarray(sampling.draw_frame_ratios(k_frames, s.frame, ratio, frames, training))
+  q = sampling.draw_requirement(k_req, s.requirement, training)
+  return ratio, per_frame, None if q is None else float(q)
+
+
+def config_budgets(model, pv, seed: int, **kw) -> tuple[np.ndarray, float | None]:
+  """Budgets (T,) or (B, T) and the requirement of a call without ratio and requirement (official
+  `AutoGaze.forward` in eval mode). `self`: a greedy pass capped at the clip ratio and stopped at a forced
+  requirement draw; each sample's real tokens per frame (at least 1) become its budgets."""
+  cfg = model.cfg
+  t = pv.shape[1]
+  ratio, per_frame, q = config_draws(cfg, t, seed)
+  if per_frame is not None:
+    return np.asarray(sampling.budgets(per_frame, cfg.num_vision_tokens_each_frame), np.int64), q
+  k_forced = jax.random.fold_in(jax.random.key(seed), 0x5E1F)
+  q_forced = float(sampling.draw_requirement(k_forced, cfg.sampling.requirement, False, force=True))
+  pre = generate(model, pv, max(ratio, 1e-6), q_forced, seed=seed, generate_only=True, **kw)
+  return np.maximum(1, np.asarray(pre["num_real_gazing_each_frame"])).astype(np.int64), q
