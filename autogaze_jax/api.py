@@ -18,7 +18,8 @@ from autogaze_jax.gaze.functional import (abstract_params, check_pixel_values, i
 from autogaze_jax.gaze.generate import generate
 from autogaze_jax.gaze.preprocess import Processor, check_frames
 from autogaze_jax.gaze.streaming import GazeStream
-from autogaze_jax.gaze.tiling import merge_tile_masks, needs_res_adapt, recover_res_adapt, res_adapt_tiles, tile_video
+from autogaze_jax.gaze.tiling import (clip_video, kept_ratio_per_frame, merge_tile_masks, needs_res_adapt, prepare_frames,
+                                      recover_res_adapt, res_adapt_tiles, tile_video)
 from autogaze_jax.interop import gaze as interop
 from autogaze_jax.interop.common import resolve_checkpoint_dir
 
@@ -99,19 +100,35 @@ class AutoGaze:
     """A `GazeStream`: call it with one processed frame (B, 1, 3, H, W) at a time."""
     return GazeStream(self, gazing_ratio, task_loss_requirement, **kw)
 
-  def gaze(self, frames_uint8, gazing_ratio=0.75, task_loss_requirement=0.7, *, clip_len: int | None = None,
-           batch_tiles: int | None = None, **kw) -> dict:
+  def gaze(self, frames_uint8, gazing_ratio=0.75, task_loss_requirement=0.7, *, resize: str = "native",
+           clip_len: int | None = None, batch_tiles: int | None = None, **kw) -> dict:
     """Gaze a video of any size and length: uint8 (T, H, W, 3) -> per-tile outputs + video-level masks.
 
-    The frames are normalised as the processor does (no resize), cut into clip_len x 224 x 224 tiles
-    (`autogaze_jax.gaze.tiling.tile_video`), gazed `batch_tiles` tiles at a time (one compiled program; the last
-    batch is padded with repeats), and stitched back. Each tile gets the result it gets alone unless
-    coupled=True. Returns {tiles: [official dict per tile], tiling, masks: per scale (T, nh*g, nw*g) bool,
-    kept_ratio_per_frame (T,), kept_ratio}.
+    `resize` chooses how frames reach the 224 x 224 model (`autogaze_jax.gaze.tiling.prepare_frames`):
+      "native" (default, the paper's any-resolution path): the video keeps its resolution and is cut
+        into clip_len x 224 x 224 tiles (`tiling.tile_video`); a frame with its shortest edge under
+        224 is first resized to 224 on that edge (the official processor's rule), never zero-padded
+        up to a tile. More pixels, more tiles, more gazes.
+      "shortest_edge_224" (the official QUICK_START basic path): the processor resizes the shortest
+        edge to 224 (aspect kept, no crop), the model squashes each frame to 224 x 224, and the video
+        is cut in time only: one tile per clip_len frames, whatever the resolution.
+    The frames are normalised as the processor does, gazed `batch_tiles` tiles at a time (one compiled
+    program; the last batch is padded with repeats) and stitched back. Each tile gets the result it
+    gets alone unless coupled=True.
+
+    Returns {tiles: [official dict per tile], tiling (of the canvas), masks: per scale (T, nh*g, nw*g)
+    bool on the canvas, frames: the canvas (uint8 (T, H', W', 3): the video as tiled, or squashed to
+    224 x 224 for shortest_edge_224), resize, input_size (H, W), kept_ratio_per_frame (T,): gazed
+    patches / patches over real pixels (padding excluded), kept_ratio}.
     """
     frames = check_frames(frames_uint8)
-    pv = self.processor.normalize(frames)
-    tiles, tiling = tile_video(pv, clip_len or self.cfg.max_num_frames, self.cfg.input_img_size)
+    model_in, canvas = prepare_frames(frames, self.processor, resize, self.cfg.input_img_size)
+    pv = self.processor.normalize(model_in)
+    clip_len = clip_len or self.cfg.max_num_frames
+    if resize == "native":
+      tiles, tiling = tile_video(pv, clip_len, self.cfg.input_img_size)
+    else:
+      tiles, tiling = clip_video(pv, clip_len, self.cfg.input_img_size)
     n = tiles.shape[0]
     bt = min(batch_tiles or n, n)
     per_tile = []
@@ -124,16 +141,13 @@ class AutoGaze:
       per_tile += [_take_sample(out, i) for i in range(real)]
     masks = merge_tile_masks([np.concatenate([t["gazing_mask"][i] for t in per_tile]) for i in range(len(self.cfg.scales))],
                              tiling)
-    real_per_frame = np.zeros(tiling.nt * tiling.clip_len)
-    for i, t in enumerate(per_tile):
-      ti = i // (tiling.nh * tiling.nw)
-      real_per_frame[ti * tiling.clip_len:(ti + 1) * tiling.clip_len] += t["num_real_gazing_each_frame"][0]
-    kept = real_per_frame[:tiling.frames] / (self.cfg.num_vision_tokens_each_frame * tiling.nh * tiling.nw)
+    masks = [m.astype(bool) for m in masks]
+    kept = kept_ratio_per_frame(masks, tiling)
     last = tiling.frames - (tiling.nt - 1) * tiling.clip_len  # real frames of the last temporal tile
     per_tile = [_first_frames(t, last) if i // (tiling.nh * tiling.nw) == tiling.nt - 1 else t
                 for i, t in enumerate(per_tile)]
-    return {"tiles": per_tile, "tiling": tiling, "masks": [m.astype(bool) for m in masks],
-            "kept_ratio_per_frame": kept, "kept_ratio": float(kept.mean())}
+    return {"tiles": per_tile, "tiling": tiling, "masks": masks, "frames": canvas, "resize": resize,
+            "input_size": tuple(frames.shape[1:3]), "kept_ratio_per_frame": kept, "kept_ratio": float(kept.mean())}
 
 
 def _take_sample(out: dict, i: int) -> dict:

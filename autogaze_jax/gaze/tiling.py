@@ -12,6 +12,15 @@ Two tilings:
     temporal tile is padded by repeating its last frame, which cannot change the real frames' gaze since
     the model is causal in time), every tile is gazed in one batched rollout, and the per-scale masks are
     stitched back to video coordinates.
+
+`AutoGaze.gaze` has two ways in (`RESIZE_MODES`, see `prepare_frames`):
+  * "native" (default): the video keeps its resolution and is tiled as above; only a frame whose
+    shortest edge is below one tile is first brought up to it (shortest edge to 224, as the official
+    processor resizes), so no tile is mostly padding. `kept_ratio_per_frame` counts the patches that
+    cover real pixels only.
+  * "shortest_edge_224": the official QUICK_START basic path: the processor resizes the shortest edge
+    to 224 (PIL bilinear, aspect kept, no crop), the model squashes each frame to 224 x 224 itself, and
+    the video is cut into clip_len-frame clips only (one spatial tile per frame).
 """
 from __future__ import annotations
 
@@ -22,6 +31,9 @@ import numpy as np
 
 from autogaze_jax.core.patches import ScaleLayout, gazing_pos_from_masks
 from autogaze_jax.gaze.config import GazeConfig
+from autogaze_jax.gaze.preprocess import Processor
+
+RESIZE_MODES = ("native", "shortest_edge_224")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,3 +133,46 @@ def merge_tile_masks(tile_masks, tiling: VideoTiling) -> list[np.ndarray]:
     m = m.reshape(tiling.nt * tiling.clip_len, tiling.nh * g, tiling.nw * g)
     out.append(m[:tiling.frames])
   return out
+
+
+def clip_video(pixel_values: np.ndarray, clip_len: int, tile: int):
+  """Normalised (T, 3, H, W) -> (nt, clip_len, 3, H, W) clips (the last padded by repeating its last
+  frame), each a single tile that the model squashes to tile x tile; the tiling addresses that
+  tile x tile canvas (rows = cols = 1)."""
+  t = pixel_values.shape[0]
+  nt = math.ceil(t / clip_len)
+  x = np.concatenate([pixel_values, np.repeat(pixel_values[-1:], nt * clip_len - t, axis=0)], axis=0)
+  return x.reshape(nt, clip_len, *x.shape[1:]), VideoTiling(t, tile, tile, clip_len, tile, nt, 1, 1)
+
+
+def prepare_frames(frames: np.ndarray, processor: Processor, resize: str, tile: int):
+  """uint8 (T, H, W, 3) -> (model input uint8 frames, canvas uint8 frames) for `resize`:
+
+  native: frames whose shortest edge is under `tile` get it resized to `tile` (the processor's PIL
+    bilinear rule, aspect kept); both outputs are those frames (no copy when unchanged).
+  shortest_edge_224: the model input has its shortest edge resized to `tile` (224 in every released
+    config) as the official processor does; the canvas is the frame squashed to tile x tile (PIL
+    bilinear, as SigLIP's processor feeds the downstream ViT), where the masks and pictures live."""
+  if resize not in RESIZE_MODES:
+    raise ValueError(f"resize={resize!r}: choose one of {', '.join(RESIZE_MODES)}")
+  short = dataclasses.replace(processor, do_resize=True, shortest_edge=tile, height=None, width=None)
+  if resize == "native":
+    if min(frames.shape[1:3]) < tile:
+      frames = short.resize(frames)
+    return frames, frames
+  square = dataclasses.replace(short, shortest_edge=None, height=tile, width=tile)
+  return short.resize(frames), square.resize(frames)
+
+
+def kept_ratio_per_frame(masks, tiling: VideoTiling) -> np.ndarray:
+  """(T,) gazed patches / patches over real pixels, all scales together: a patch of scale grid g
+  (tile / g px) counts when it overlaps the real height x width, so gazes on the zero padding of the
+  last row/column of tiles count in neither."""
+  num = np.zeros(tiling.frames)
+  den = 0
+  for m in masks:
+    g = m.shape[1] // tiling.nh
+    rows, cols = math.ceil(tiling.height * g / tiling.tile), math.ceil(tiling.width * g / tiling.tile)
+    num += np.asarray(m)[:, :rows, :cols].reshape(tiling.frames, -1).sum(1)
+    den += rows * cols
+  return num / den

@@ -122,7 +122,8 @@ def gaze_then_vit(gaze_model, vit: GazedViT, frames_uint8, gazing_ratio: float |
   tiling = res["tiling"]
   if tiling.tile != vit.cfg.scales[-1]:
     raise ValueError(f"gaze tiles are {tiling.tile} px, the ViT's finest scale is {vit.cfg.scales[-1]}")
-  tiles, _ = tile_video(siglip_normalize(frames_uint8), tiling.clip_len, tiling.tile)
+  # the canvas the gaze tiled (a small video upsized, or squashed to 224 for resize="shortest_edge_224")
+  tiles, _ = tile_video(siglip_normalize(res.get("frames", frames_uint8)), tiling.clip_len, tiling.tile)
   cap = int(capacity or capacity_for_ratio(gazing_ratio, lay.tokens_per_frame))
   packed = [pack_gaze(t["gazing_pos"], t["if_padded_gazing"], t["num_gazing_each_frame"], tiling.clip_len, cap)
             for t in res["tiles"]]

@@ -75,6 +75,21 @@ def test_nonsquare_input(model):
   np.testing.assert_allclose(out["log_action_probs"], ref["log_action_probs"], rtol=1e-4, atol=1e-4)
 
 
+def test_gaze_shortest_edge_224_is_the_official_basic_path(model):
+  """gaze(resize="shortest_edge_224") on raw uint8 frames = the official QUICK_START basic run (processor:
+  shortest edge 224, 320x180 -> 398x224; the model squashes to 224x224) on the same frames."""
+  d = np.load(os.path.join(EXTRA, "nonsquare_input.npz"))
+  ref = np.load(os.path.join(EXTRA, "nonsquare_generate_ratio0.1.npz"))
+  res = model.gaze(d["frames_uint8"], 0.1, None, resize="shortest_edge_224", coupled=True)
+  t = res["tiling"]
+  assert (t.num_tiles, t.height, t.width) == (1, 224, 224) and res["frames"].shape == (16, 224, 224, 3)
+  _check_exact(res["tiles"][0], ref)
+  np.testing.assert_array_equal(res["masks"][3].reshape(1, 16, -1), ref["gazing_mask_3"].astype(bool))
+  np.testing.assert_allclose(res["kept_ratio_per_frame"], ref["num_real_gazing_each_frame"][0] / 265)
+  with pytest.raises(ValueError, match="resize='crop': choose one of native, shortest_edge_224"):
+    model.gaze(d["frames_uint8"][:1], resize="crop")
+
+
 @pytest.mark.parametrize("name,ratio,thr", [("streaming_ratio0.1", 0.1, None),
                                             ("streaming_ratio0.75_thr-2.5", 0.75, -2.5)])
 def test_streaming_equals_fixture_and_whole_clip(model, pv, name, ratio, thr):

@@ -334,19 +334,20 @@ def test_gaze_then_vit_and_cli(tmp_path, tiny, capsys):
   official dict; the CLI's --vit prints kept tokens and the time vs the full-token ViT."""
   from autogaze_jax import AutoGaze
   from launch import gaze as cli
-  frames = np.load(os.path.join(FIXTURES, "gaze_tiny", "input_clip.npz"))["frames_uint8"][:3, :200]  # 3 x 200 x 224
+  fr = np.load(os.path.join(FIXTURES, "gaze_tiny", "input_clip.npz"))["frames_uint8"][:3]
+  frames = np.concatenate([fr, fr[:, :, :24]], axis=2)  # 3 x 224 x 248: 2 tiles, the second 24 px + padding
   model = AutoGaze.from_pretrained(os.path.join(FIXTURES, "gaze_tiny"))
   res = model.gaze(frames, 0.1, None)
   rep = vp.gaze_then_vit(model, tiny, frames, 0.1, None, gaze_result=res)
-  assert rep["capacity"] == 26 and rep["tiles"] == 1
-  assert rep["kept_tokens"] == 3 * 26 == int(res["tiles"][0]["num_real_gazing_each_frame"].sum())
-  assert rep["vit_tokens"] == 16 * 26 and rep["full_tokens"] == 16 * 196
-  tile = res["tiles"][0]
-  pv = vp.siglip_normalize(np.pad(frames, ((0, 0), (0, 24), (0, 0), (0, 0))))[None]  # tiles pad bottom with 0 px
-  pv[:, :, :, 200:] = 0.0  # tiling pads in normalised space (zeros), not black pixels
+  assert rep["capacity"] == 26 and rep["tiles"] == 2
+  assert rep["kept_tokens"] == 2 * 3 * 26 == sum(int(t["num_real_gazing_each_frame"].sum()) for t in res["tiles"])
+  assert rep["vit_tokens"] == 2 * 16 * 26 and rep["full_tokens"] == 2 * 16 * 196
+  tile = res["tiles"][1]
+  pv = vp.siglip_normalize(np.pad(frames[:, :, 224:], ((0, 0), (0, 0), (0, 200), (0, 0))))[None]  # pad right
+  pv[..., 24:] = 0.0  # tiling pads in normalised space (zeros), not black pixels
   direct = tiny(pv, tile["gazing_pos"], tile["if_padded_gazing"], tile["num_gazing_each_frame"])
   want = np.asarray(direct["last_hidden_state"][0])[~tile["if_padded_gazing"][0]]
-  np.testing.assert_allclose(rep["tokens"][0], want, rtol=0, atol=1e-5)
+  np.testing.assert_allclose(rep["tokens"][1], want, rtol=0, atol=1e-5)
   tm = rep["timings"]
   assert tm["vit_s"] > 0 and tm["full_vit_s"] > 0 and tm["speedup"] == pytest.approx(tm["full_vit_s"] / tm["vit_s"])
   with pytest.raises(ValueError, match="id space"):
@@ -357,5 +358,5 @@ def test_gaze_then_vit_and_cli(tmp_path, tiny, capsys):
             "--out", str(tmp_path / "o"), "--gazing_ratio", "0.1", "--task_loss_requirement", "nan", "--vit", "tiny"])
   import json
   got = json.load(open(tmp_path / "o" / "vit.json"))
-  assert (got["kept_tokens"], got["full_tokens"], got["capacity"]) == (78, 3136, 26)
-  assert "vit tiny: 78 gazed tokens (26 slots/frame) vs 3136 tokens" in capsys.readouterr().out
+  assert (got["kept_tokens"], got["full_tokens"], got["capacity"]) == (156, 6272, 26)
+  assert "vit tiny: 156 gazed tokens (26 slots/frame) vs 6272 tokens" in capsys.readouterr().out
