@@ -20,7 +20,7 @@ writability and free space before anything is computed, and each output appears 
 (written to a temporary name, renamed once all three are written).
 Without --checkpoint it uses randomly initialised weights (with a warning); without --video it gazes a
 generated clip. With --vit the gazed tiles also go through a SigLIP-style ViT (a named random-init
-config, or local HF SigLIP weights: .safetensors/.npz file or dir) that embeds only the gazed patches,
+config, or HF SigLIP weights: .safetensors/.npz file, dir or hub id) that embeds only the gazed patches,
 timed against the full-token ViT on the same tiles; writes OUTDIR/vit.json and prints kept tokens + times.
 """
 from __future__ import annotations
@@ -161,8 +161,9 @@ def main(argv=None):
   ap.add_argument("--max_frames", type=int, default=None, help="use at most this many (first) frames")
   ap.add_argument("--coupled", action="store_true", help="official batch coupling of tiles (parity mode)")
   ap.add_argument("--seed", type=int, default=0, help="init seed without --checkpoint")
-  ap.add_argument("--vit", help="gazed ViT after the gaze: tiny | base | so400m (random init) or a SigLIP "
-                                "weights file/dir (HF names); prints kept tokens and time vs the full-token ViT")
+  ap.add_argument("--vit", help="gazed ViT after the gaze: tiny | base | so400m (random init) or SigLIP weights: "
+                                "a file/dir (HF names) or a hub id (google/siglip2-base-patch16-224); prints kept "
+                                "tokens and time vs the full-token ViT")
   args = ap.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
   if args.max_frames is not None and args.max_frames < 1:

@@ -12,6 +12,7 @@ import numpy as np
 from autogaze_jax.core.patches import ScaleLayout
 from autogaze_jax.gaze.tiling import tile_video
 from autogaze_jax.interop import siglip
+from autogaze_jax.interop.common import resolve_checkpoint_dir
 from autogaze_jax.vit.model import (GazedViTConfig, abstract_params, capacity_for_ratio, forward, init_params,
                                     pack_gaze, plain_forward)
 
@@ -43,7 +44,9 @@ class GazedViT:
 
   @classmethod
   def from_pretrained(cls, path: str, cfg: GazedViTConfig | None = None) -> "GazedViT":
-    """Local HF SigLIP weights: a .safetensors / .npz file, or a dir with config.json + model.safetensors."""
+    """HF SigLIP weights: a .safetensors / .npz file, a dir with config.json + model.safetensors, or a hub
+    id ("google/siglip2-base-patch16-224", "org/name@revision") through huggingface_hub's cache."""
+    path = resolve_checkpoint_dir(path, allow_patterns=("config.json", "model.safetensors"), what="SigLIP weights")
     cfg, _, params, _ = siglip.load(path, cfg)
     return cls(cfg, params)
 

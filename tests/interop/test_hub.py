@@ -17,6 +17,7 @@ from autogaze_jax.interop.common import CheckpointError, resolve_checkpoint_dir
 from autogaze_jax.interop.videomae import extractor_config
 from autogaze_jax.judge import perceptual as perc
 from autogaze_jax.judge.load import load_judge
+from autogaze_jax.vit.pipeline import GazedViT
 from launch.convert import convert
 from tests.conftest import FIXTURES
 
@@ -96,7 +97,7 @@ def test_hub_errors_name_the_id_and_the_fix(hf_home, tmp_path, monkeypatch):
 
 def test_convert_judge_and_perceptual_by_hub_ids(hf_home, tmp_path):
   """launch.convert with every input a hub id -> a judge dir; that dir loaded by hub id with its nets;
-  a perceptual net loaded by hub id equals the local one."""
+  a perceptual net and the gazed ViT loaded by hub id equal the local ones."""
   cache_repo(hf_home, "bfshi/VideoMAE_AutoGaze", {"videomae.pt": os.path.join(PERC, "videomae.pt")})
   cache_repo(hf_home, "facebook/vit-mae-tiny", {"config.json": os.path.join(FIXTURES, "videomae_tiny", "config.json")})
   cache_repo(hf_home, "facebook/dinov2-tiny", _dir_files(os.path.join(PERC, "dinov2_reg_tiny")))
@@ -112,5 +113,7 @@ def test_convert_judge_and_perceptual_by_hub_ids(hf_home, tmp_path):
   d = os.path.join(PERC, "dinov2_reg_tiny")
   ecfg = extractor_config("dinov2_reg", json.load(open(os.path.join(d, "config.json"))))
   _same_params(perc.load(ecfg, "facebook/dinov2-tiny").params, perc.load(ecfg, d).params)
+  s = os.path.join(PERC, "siglip2_tiny")   # the SigLIP hand-off's ViT by hub id, as QUICK_START loads it
+  _same_params(GazedViT.from_pretrained("google/siglip2-tiny").params, GazedViT.from_pretrained(s).params)
   with pytest.raises(SystemExit, match=r"--dinov2 'facebook/nope' is not a local path and not in the hub cache"):
     convert("bfshi/VideoMAE_AutoGaze", "facebook/vit-mae-tiny", str(tmp_path / "j2"), "facebook/nope")
