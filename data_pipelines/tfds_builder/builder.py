@@ -23,6 +23,7 @@ PTransform, so tfds runs the same decode on any Beam runner (DirectRunner, Dataf
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -51,9 +52,30 @@ class StaleDataset(ValueError):
 SOURCE_FILE = "build_source.json"   # beside build_report.json in the output dir
 
 
-def source_record(src_dir: str, splits: Sequence[str], labels: Mapping | None, clip_len: int, size: int) -> dict:
+def labels_digest(labels) -> str | None:
+  """sha256 of the labels a build stores: label file path(s) (globs as `labels.load_labels` takes
+  them) by each file's path, size and mtime (cheap for a multi-GB file); a dict by its content."""
+  if labels is None:
+    return None
+  h = hashlib.sha256()
+  if isinstance(labels, (str, list, tuple)):
+    specs = [p.strip() for p in labels.split(",") if p.strip()] if isinstance(labels, str) else list(labels)
+    for spec in specs:
+      for f in (sorted(glob.glob(spec)) if glob.has_magic(spec) else [spec]):
+        if not os.path.isfile(f):
+          continue   # `load_labels` names it next
+        st = os.stat(f)
+        h.update(json.dumps([os.path.abspath(f), st.st_size, st.st_mtime_ns]).encode())
+    return "files:" + h.hexdigest()
+  for k in sorted(labels):   # entry by entry: no second copy of a large label dict in memory
+    h.update(json.dumps([k, labels[k]], sort_keys=True, default=lambda o: np.asarray(o).tolist()).encode())
+  return "dict:" + h.hexdigest()
+
+
+def source_record(src_dir: str, splits: Sequence[str], labels_sha256: str | None, clip_len: int, size: int) -> dict:
   """What a build depends on: each video's (size, mtime_ns) keyed "<split>/<name>", the labels'
-  sha256 and the clip shape. Stat only (no reading), so checking a large folder stays cheap."""
+  digest (`labels_digest`) and the clip shape. Stat only (no reading), so checking a large folder
+  stays cheap."""
   videos = {}
   for split in splits:
     if not os.path.isdir(os.path.join(src_dir, split)):
@@ -64,13 +86,9 @@ def source_record(src_dir: str, splits: Sequence[str], labels: Mapping | None, c
         videos[f"{split}/{os.path.basename(p)}"] = [st.st_size, st.st_mtime_ns]
       except OSError:   # dangling link / vanished file: listed (it is a counted skip) without a stat
         videos[f"{split}/{os.path.basename(p)}"] = None
-  digest = None
-  if labels is not None:
-    blob = json.dumps(labels, sort_keys=True, default=lambda o: np.asarray(o).tolist()).encode()
-    digest = hashlib.sha256(blob).hexdigest()
   return {"src_dir": os.path.abspath(src_dir), "splits": sorted(s for s in splits
                                                                   if os.path.isdir(os.path.join(src_dir, s))),
-          "clip_len": clip_len, "size": size, "labels_sha256": digest, "videos": videos}
+          "clip_len": clip_len, "size": size, "labels_sha256": labels_sha256, "videos": videos}
 
 
 def source_changes(old: Mapping | None, new: Mapping) -> list[str]:
@@ -240,12 +258,13 @@ def build(src_dir: str, out_dir: str, *, labels=None, splits: Sequence[str] = so
   its `build_source.json` matches `src_dir`, the labels and the splits; otherwise `StaleDataset`
   lists the changes, or with `rebuild` the old dataset is deleted and built again.
   """
+  labels_sha256 = labels_digest(labels)   # before loading: of the files as they were read
   if isinstance(labels, (str, list, tuple)):
     labels = labels_lib.load_labels(labels)
   use_beam = beam_runner is not None
   b = AutogazeVideos(data_dir=out_dir, src_dir=src_dir, labels=labels, splits=splits, use_beam=use_beam,
                      progress=progress)
-  record = source_record(src_dir, splits, labels, b._clip_len, b._size)
+  record = source_record(src_dir, splits, labels_sha256, b._clip_len, b._size)
   source_file, report_file = os.path.join(out_dir, SOURCE_FILE), os.path.join(out_dir, "build_report.json")
   reused = os.path.exists(os.path.join(str(b.data_path), "dataset_info.json"))
   if reused:

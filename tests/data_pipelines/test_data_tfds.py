@@ -149,6 +149,8 @@ def test_rebuild_into_same_out_detects_a_changed_source(folder, tmp_path):
   assert report["train"]["padded_short"] == 0                        # v2_short is gone
   assert sources.ArrayRecordSource(out, "train").paths()[-1] == "ds/train/v5.mp4"
   assert build(src, out) == report                                    # and that build is reused again
+  with pytest.raises(StaleDataset, match="labels added"):             # the records would lack them
+    build(src, out, labels=folder[1])
 
 
 def test_split_without_readable_video_is_named(tmp_path):
