@@ -58,6 +58,7 @@ def bench_ntp(cfg, batch, slots, repeats, peak):
 
 
 def bench_grpo(cfg, batch, group, cap, repeats, peak):
+  from autogaze_jax.gaze import sampling as S
   from autogaze_jax.train.grpo import make_train_step
   from autogaze_jax.judge.load import judge_config
   from autogaze_jax.judge.model import init_params as mae_init
@@ -65,11 +66,12 @@ def bench_grpo(cfg, batch, group, cap, repeats, peak):
   mg, mp = mae_init(judge_config("small"), 0)
   frozen = {"videomae": mp, "perceptual": {}}
   tx = optax.sgd(5e-4)
-  g = ml_collections.ConfigDict(dict(group_size=group, discount_factor=0.995, max_tokens_per_frame=cap,
-                                     tokens_per_step=10, top_k=50, requirement_min=0.5, requirement_max=1.0,
+  g = ml_collections.ConfigDict(dict(group_size=group, discount_factor=0.995, tokens_per_step=10, top_k=50,
                                      temperature_start=3.0, temperature_end=0.3, frames_to_reconstruct=2,
                                      optimize_task_loss_prediction=True, total_steps=100))
-  step = make_train_step(graphdef, mg, tx, cfg=g)
+  sampling = S.SamplingConfig(S.RatioSampling(fixed=(cap + 0.5) / 265), S.FrameSampling(during_training="self"),
+                              S.RequirementSampling(during_training="uniform", uniform_min=0.5, uniform_max=1.0))
+  step = make_train_step(graphdef, mg, tx, cfg=g, sampling=sampling)
   state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
   video = jnp.asarray(np.random.default_rng(0).normal(size=(batch, 16, 3, 224, 224)).astype(np.float32))
   c, compile_s, mem = _compile(step, state, {"video": video}, jax.random.key(0), frozen)

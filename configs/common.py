@@ -59,8 +59,36 @@ def train_config(steps: int) -> mlc.ConfigDict:
 
 def model_config(size: str = "default") -> mlc.ConfigDict:
   """size: default (the released 3.26M model) | tiny (the gaze_tiny fixture architecture).
-  init: '' = random init, else an official-format checkpoint dir (config.json + model.safetensors)."""
-  return mlc.ConfigDict({"size": size, "init": "", "dtype": "float32"})
+  init: '' = random init, else an official-format checkpoint dir (config.json + model.safetensors).
+
+  Architecture overrides of the size (0 / '' = the size's value; with `init` they must equal the
+  checkpoint's): scales ('32+64+112+224', or one scale such as '224' with num_vision_tokens_each_frame
+  196), num_vision_tokens_each_frame, max_num_frames, input_img_size, num_multi_token_pred, vision_hidden_dim,
+  vision_depth, vision_kernel_size, hidden_size (vision output = connector = decoder width),
+  num_hidden_layers, num_attention_heads, head_dim, intermediate_size.
+
+  Sampling (official config.json names and defaults, exported with the model; docs/sampling.md):
+  gazing_ratio_config, gazing_ratio_each_frame_config (dirichlet.alpha '0.5' or '10,3,...,3'),
+  task_loss_requirement_config, has_task_loss_requirement_during_training/_inference.
+  """
+  return mlc.ConfigDict({
+      "size": size, "init": "", "dtype": "float32",
+      "scales": "", "num_vision_tokens_each_frame": 0, "max_num_frames": 0, "input_img_size": 0,
+      "num_multi_token_pred": 0, "vision_hidden_dim": 0, "vision_depth": 0, "vision_kernel_size": 0,
+      "hidden_size": 0, "num_hidden_layers": 0, "num_attention_heads": 0, "head_dim": 0, "intermediate_size": 0,
+      "gazing_ratio_config": {
+          "sample_strategy_during_training": "fixed", "sample_strategy_during_inference": "fixed",
+          "fixed": {"gazing_ratio": 0.5}, "uniform": {"gazing_ratio_min": 0.0, "gazing_ratio_max": 1.0},
+          "exponential": {"gazing_ratio_min": 0.0, "gazing_ratio_max": 1.0, "lambda": 10.0}},
+      "gazing_ratio_each_frame_config": {
+          "sample_strategy_during_training": "uniform", "sample_strategy_during_inference": "uniform",
+          "dirichlet": {"alpha": "0.5"}},
+      "task_loss_requirement_config": {
+          "sample_strategy_during_training": "fixed", "sample_strategy_during_inference": "fixed",
+          "fixed": {"task_loss_requirement": 0.7},
+          "uniform": {"task_loss_requirement_min": 0.6, "task_loss_requirement_max": 0.9}},
+      "has_task_loss_requirement_during_training": False, "has_task_loss_requirement_during_inference": False,
+  })
 
 
 def judge_config(size: str) -> mlc.ConfigDict:

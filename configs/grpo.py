@@ -5,7 +5,8 @@
   python -m launch.train --config=configs/grpo.py:smoke --workdir=runs/grpo_smoke
 
 Recipe: start from the NTP export, group size 12, discount 0.995, 1 epoch, ratio cap 0.75 (198 tokens
-per frame), per-frame budget from a reference rollout stopped at tau ~ U(0.5, 1.0), sampling temperature
+per frame), per-frame budget from a reference rollout stopped at tau ~ U(0.5, 1.0) (the model block's
+sampling configs, official names: --config.model.gazing_ratio_config.fixed.gazing_ratio=...), sampling temperature
 3 -> 0.3 (exponential over the run) with HF's top-k 50, reward = -reconstruction loss of 2 random frames,
 advantages centred per group without std normalisation, no KL/clipping, task-loss head trained.
 Optimizer: the official trainer falls back to plain SGD with linear warmup (10%) then linear decay to 0
@@ -27,9 +28,19 @@ def get_config(arg=None):
                else common.optimizer_config("sgd", 5e-4, "linear_w_warmup", 0.0))
   c = common.training_config("grpo", a, optimizer=optimizer, batch=(2, 64), steps=(30, 13_300), log_every=(5, 20),
                              picture_every=(10, 500), ckpt_every=(10, 500))
+  # The recipe's sampling (official RL script), exported with the model: ratio fixed 0.75 (198 tokens per
+  # frame; smoke 0.1 = 26), per-frame budgets from a `self` reference rollout stopped at tau ~ U(0.5, 1.0),
+  # no stop in the group rollouts, inference stop at the fixed requirement 0.7.
+  m = c.model
+  m.gazing_ratio_config.fixed.gazing_ratio = 0.1 if a.smoke else 0.75
+  m.gazing_ratio_each_frame_config.sample_strategy_during_training = "self"
+  m.has_task_loss_requirement_during_inference = True
+  m.task_loss_requirement_config.sample_strategy_during_training = "uniform"
+  m.task_loss_requirement_config.uniform.task_loss_requirement_min = 0.5
+  m.task_loss_requirement_config.uniform.task_loss_requirement_max = 1.0
   c.grpo = common.mlc.ConfigDict({
-      "group_size": 4 if a.smoke else 12, "discount_factor": 0.995, "max_tokens_per_frame": 26 if a.smoke else 198,
-      "tokens_per_step": 10, "top_k": 50, "requirement_min": 0.5, "requirement_max": 1.0,
+      "group_size": 4 if a.smoke else 12, "discount_factor": 0.995,
+      "tokens_per_step": 0, "top_k": 50,  # tokens_per_step 0 = the model's num_multi_token_pred
       "temperature_start": 1.0 if a.smoke else 3.0, "temperature_end": 1.0 if a.smoke else 0.3,
       "frames_to_reconstruct": 2, "optimize_task_loss_prediction": True})
   c.videomae = common.judge_config("small" if a.smoke else "default")

@@ -34,7 +34,8 @@ def labels_path(config, workdir: str, *, process_index: int = 0, barrier=None) -
   if not os.path.exists(path) and process_index == 0:
     os.makedirs(workdir, exist_ok=True)
     keys = [ops.relative_video_path(p) for p in source(config, "train").paths]  # no decoding needed
-    write_labels(random_labels(keys, max_tokens_per_frame=config.data.max_tokens_per_frame), path)
+    write_labels(random_labels(keys, max_tokens_per_frame=config.data.max_tokens_per_frame,   # the model's id space
+                               tokens_per_frame=config.model.get("num_vision_tokens_each_frame") or 265), path)
     logging.warning("no config.data.labels: training on toy labels %s (plumbing only)", path)
   if barrier is not None:
     barrier()

@@ -23,7 +23,6 @@ def export(workdir: str, out: str, step: int | None = None) -> str:
   import orbax.checkpoint as ocp
   from autogaze_jax import AutoGaze
   from autogaze_jax.gaze.functional import params_from_pure_dict
-  from autogaze_jax.interop.gaze import read_config
   from autogaze_jax.train.algorithm import gaze_config
   cfg_path = os.path.join(workdir, "config.json")
   if not os.path.isfile(cfg_path):
@@ -35,7 +34,7 @@ def export(workdir: str, out: str, step: int | None = None) -> str:
   step = step if step is not None else mngr.latest_step()
   if step is None:
     raise SystemExit(f"error: no checkpoint in {workdir}/checkpoints")
-  gcfg = read_config(config.model.init) if config.model.init else gaze_config(config)  # the run's architecture
+  gcfg = gaze_config(config)  # the run's architecture (the checkpoint's with model.init) and sampling configs
   restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))["state"]
   params = restored["params"] if isinstance(restored, dict) else restored.params
   _, state = params_from_pure_dict(gcfg, _strip_values(jax.tree.map(lambda x: x, params)))

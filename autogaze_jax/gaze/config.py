@@ -80,6 +80,12 @@ class GazeConfig(ConfigBase):
                 "decoder.num_key_value_heads", self.decoder.num_key_value_heads,
                 "equal to num_attention_heads (the official decoder has no GQA)")
     self._check(self.decoder.head_dim % 2 == 0, "decoder.head_dim", self.decoder.head_dim, "even (RoPE)")
+    # HF Llama allows heads * head_dim != hidden_size; our decoder's projections are square, so refuse it
+    # here by name rather than fail in a reshape.
+    self._check(self.decoder.num_attention_heads * self.decoder.head_dim == self.decoder.hidden_size,
+                "decoder.head_dim", self.decoder.head_dim,
+                f"hidden_size / num_attention_heads = {self.decoder.hidden_size} / "
+                f"{self.decoder.num_attention_heads} (this port's attention projections are square)")
     self._check(1 <= self.decoder.num_multi_token_pred, "decoder.num_multi_token_pred",
                 self.decoder.num_multi_token_pred, ">= 1")
     self._check(self.input_img_size % self.vision.kernel_size == 0, "input_img_size",

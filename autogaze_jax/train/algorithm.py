@@ -17,8 +17,9 @@ from flax import nnx
 from autogaze_jax.api import AutoGaze
 from autogaze_jax.core.patches import ScaleLayout
 from autogaze_jax.evaluation import viz
-from autogaze_jax.gaze.config import GazeConfig, tiny_config
+from autogaze_jax.gaze.config import GazeConfig
 from autogaze_jax.judge.load import JudgeTermsError, check_loss_terms, judge_config
+from autogaze_jax.train import model_config
 from autogaze_jax.train.state import ConfigError, make_optimizer
 
 def validate_judge(v) -> tuple[str, ...]:
@@ -76,8 +77,9 @@ class Algorithm(Protocol):
 
 
 def gaze_config(config) -> GazeConfig:
-  cfg = tiny_config() if config.model.size == "tiny" else GazeConfig()
-  return cfg.replace(dtype=config.model.dtype)
+  """The run's GazeConfig: size, architecture overrides and sampling of `config.model` (ConfigError
+  naming the key); see train/model_config.py."""
+  return model_config.gaze_config(config)
 
 
 def _gaze(graphdef, params) -> AutoGaze:
@@ -97,6 +99,8 @@ class GazeModelAlgorithm:
     """The gaze model from `config.model.init` (official-format checkpoint) or a fresh init."""
     if config.model.init:
       m = AutoGaze.from_pretrained(config.model.init, dtype=config.model.dtype)
+      # the run's sampling configs (and a check of any architecture override) on the checkpoint's weights
+      m = AutoGaze(gaze_config(config), m.params, processor=m.processor, preprocessor_config=m.preprocessor_config)
       logging.info("gaze model initialised from %s", config.model.init)
     else:
       m = AutoGaze(gaze_config(config), seed=config.train.seed)

@@ -1,10 +1,14 @@
 """GRPO post-training with the frozen VideoMAE's negative reconstruction loss as reward.
 
 One jitted program per step, vectorised over batch x group (row = g * B + b, as official
-`GRPO.preprocess_inputs`):
-  1. reference rollout per video (sampling at the scheduled temperature, stop when the predicted loss
-     <= tau ~ U(min, max), cap budget) -> n_t real tokens per frame (the official `self` per-frame budget);
-  2. G sampled rollouts per video with budget max(1, n_t) and no stop (so every rollout has n_t tokens);
+`GRPO.preprocess_inputs`). Ratios and requirements follow the model's training sampling configs
+(`config.model`, gaze/sampling.py; recipe: ratio fixed 0.75, per-frame `self`, requirement U(0.5, 1.0)):
+  1. clip ratio r drawn once per step; with the `self` per-frame strategy a reference rollout per video
+     (sampling at the scheduled temperature, budget max(1, int(r * 265)), stop when the predicted loss
+     <= tau, tau drawn per video from the requirement config) -> n_t real tokens per frame; with
+     uniform / dirichlet the per-frame budgets come from the drawn per-frame ratios;
+  2. G sampled rollouts per video with those budgets, stopped only when the config has a requirement
+     during training (recipe: no stop, so every rollout has n_t tokens);
   3. frozen VideoMAE on the G*B rows for R random frames (shared by the batch) -> rewards, task targets;
   4. advantages: reward - group mean (no std), discounted by gamma^(real slots to the reward's end);
   5. loss = -sum_j exp(logp - sg(logp)) * A  +  task-loss-head MSE at the last real slot of each
@@ -17,8 +21,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
+from autogaze_jax.gaze import sampling as S
 from autogaze_jax.gaze.rollout import RolloutSpec, slot_ids, rollout_frames
 from autogaze_jax.judge.load import load_judge
 from autogaze_jax.judge.losses import reconstruction_task
@@ -82,35 +88,52 @@ def temperature_at(step, total_steps: int, t0: float, t1: float):
   return t0 * (t1 / t0) ** (jnp.asarray(step, jnp.float32) / max(total_steps, 1))
 
 
-def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, schedule=None):
+def rollout_capacity(sampling: S.SamplingConfig, tokens_per_frame: int) -> int:
+  """Static per-frame slots of the step's rollouts: the budget of the largest ratio a training draw can
+  give (dirichlet can put a whole clip's budget on one frame: every token)."""
+  if sampling.frame.strategy(True) == "dirichlet":
+    return tokens_per_frame
+  r = np.float32(sampling.ratio.max_ratio(True))
+  return max(1, int(r * np.float32(tokens_per_frame)))      # host-side: a static shape
+
+
+def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, sampling: S.SamplingConfig, schedule=None):
   """`train_step(state, batch, rng, frozen) -> (state, metrics)`; batch: video (B,T,3,224,224); frozen:
-  {"videomae": judge params, "perceptual": {term: net}} (the reward's loss terms)."""
+  {"videomae": judge params, "perceptual": {term: net}} (the reward's loss terms). `cfg`: the grpo block
+  with total_steps and tokens_per_step resolved; `sampling`: the model's sampling configs."""
   g = cfg.group_size
-  cap = cfg.max_tokens_per_frame
+  rs, fs, qs = sampling.ratio, sampling.frame, sampling.requirement
 
   def train_step(state: TrainState, batch, rng, frozen):
     model = nnx.merge(gaze_graphdef, state.params)
     video = batch["video"]
     b, t = video.shape[:2]
     eos, vpf = model.cfg.eos_token_id, model.cfg.num_vision_tokens_each_frame
-    k_tau, k_ref, k_grp, k_frames = jax.random.split(rng, 4)
+    cap = rollout_capacity(sampling, vpf)
+    k_ratio, k_split, k_tau, k_req, k_ref, k_grp, k_frames = jax.random.split(rng, 7)
     temp = temperature_at(state.step, cfg.total_steps, cfg.temperature_start, cfg.temperature_end)
     vis, _ = model.embed_video(video)
     vis = jax.lax.stop_gradient(vis)
-    # 1) reference rollout -> the per-frame budget of each video
-    tau = jax.random.uniform(k_tau, (b, 1), minval=cfg.requirement_min, maxval=cfg.requirement_max)
-    spec_ref = RolloutSpec(capacity=cap, tokens_per_step=cfg.tokens_per_step, max_frames=t, sample=True,
-                           top_k=cfg.top_k, use_threshold=True)
-    _, ref = rollout_frames(model, vis, jnp.full((b, t), cap, jnp.int32), jnp.broadcast_to(tau, (b, t)), temp,
-                            k_ref, spec_ref)
-    ref_slots = jnp.arange(ref["tokens"].shape[-1])[None, None] < ref["length"][..., None]
-    n_t = jnp.maximum(1, jnp.sum(ref_slots & (ref["tokens"] != eos), axis=-1)).astype(jnp.int32)   # (B, T)
-    # 2) G rollouts per video with exactly n_t tokens per frame (group-major rows)
+    ratio = S.draw_ratio(k_ratio, rs, True)                        # one clip ratio per step (official)
+    if fs.strategy(True) == "self":
+      # 1) reference rollout -> the per-frame budget of each video
+      tau = jax.vmap(lambda k: S.draw_requirement(k, qs, True, force=True))(jax.random.split(k_tau, b))[:, None]
+      spec_ref = RolloutSpec(capacity=cap, tokens_per_step=cfg.tokens_per_step, max_frames=t, sample=True,
+                             top_k=cfg.top_k, use_threshold=True)
+      _, ref = rollout_frames(model, vis, jnp.full((b, t), S.budgets(ratio, vpf), jnp.int32),
+                              jnp.broadcast_to(tau, (b, t)), temp, k_ref, spec_ref)
+      ref_slots = jnp.arange(ref["tokens"].shape[-1])[None, None] < ref["length"][..., None]
+      n_t = jnp.maximum(1, jnp.sum(ref_slots & (ref["tokens"] != eos), axis=-1)).astype(jnp.int32)   # (B, T)
+    else:
+      tau = None                                                     # no reference pass
+      n_t = jnp.broadcast_to(S.budgets(S.draw_frame_ratios(k_split, fs, ratio, t, True), vpf), (b, t))
+    # 2) G rollouts per video with n_t budgets (stopped only if the config has a training requirement)
+    q = S.draw_requirement(k_req, qs, True)
     spec_grp = RolloutSpec(capacity=cap, tokens_per_step=cfg.tokens_per_step, max_frames=t, sample=True,
-                           top_k=cfg.top_k, use_threshold=False)
+                           top_k=cfg.top_k, use_threshold=q is not None)
     vis_g = jnp.tile(vis, (g, 1, 1, 1))
-    _, grp = rollout_frames(model, vis_g, jnp.tile(n_t, (g, 1)), jnp.zeros((g * b, t), jnp.float32), temp,
-                            k_grp, spec_grp)
+    thr = jnp.full((g * b, t), 0.0 if q is None else q, jnp.float32)
+    _, grp = rollout_frames(model, vis_g, jnp.tile(n_t, (g, 1)).astype(jnp.int32), thr, temp, k_grp, spec_grp)
     gp, pad = (x.reshape(g * b, -1) for x in slot_ids(grp["tokens"], grp["length"], vpf))
     counts = (grp["tokens"].shape[-1],) * t
     # 3) frozen VideoMAE rewards on R random frames, shared by the batch
@@ -132,7 +155,8 @@ def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, schedule=None):
     metrics = {**aux, **update_metrics, "temperature": temp,
                "reward_mean": jnp.mean(reward), "reward_std": jnp.std(reward),
                "reconstruction_loss": task["reconstruction_loss"],
-               "gaze_ratio": task["avg_gazing_ratio_per_frame"], "tau_mean": jnp.mean(tau),
+               "gaze_ratio": task["avg_gazing_ratio_per_frame"], "ratio_drawn": ratio,
+               **({} if tau is None else {"tau_mean": jnp.mean(tau)}),
                # each loss term of the judge (unweighted), negated as the reward is
                **{f"reward_{k}": -jnp.mean(v) for k, v in terms.items()}}
     return state, metrics
@@ -151,12 +175,14 @@ class GRPO(GazeModelAlgorithm):
     g = config.grpo
     if g.group_size < 2:
       raise ConfigError(f"config.grpo.group_size = {g.group_size}: GRPO needs at least 2 rollouts per video")
-    self.check_tokens_per_frame("grpo.max_tokens_per_frame", g.max_tokens_per_frame, config)
-    frames = gaze_config(config).max_num_frames
+    gcfg = gaze_config(config)              # architecture and sampling configs, each bad key named
+    frames = gcfg.max_num_frames
     if not 1 <= g.frames_to_reconstruct <= frames:
       raise ConfigError(f"config.grpo.frames_to_reconstruct = {g.frames_to_reconstruct} must be in 1..{frames}")
-    if not 0 < g.requirement_min <= g.requirement_max:
-      raise ConfigError(f"config.grpo.requirement_min/max = {g.requirement_min}/{g.requirement_max}: need 0 < min <= max")
+    k = gcfg.decoder.num_multi_token_pred
+    if not 0 <= g.tokens_per_step <= k:
+      raise ConfigError(f"config.grpo.tokens_per_step = {g.tokens_per_step} must be in 0..{k} "
+                        f"(0 = the model's num_multi_token_pred {k})")
     if g.temperature_start <= 0 or g.temperature_end <= 0:
       raise ConfigError("config.grpo.temperature_start/end must be positive")
     validate_judge(config.videomae)
@@ -169,6 +195,10 @@ class GRPO(GazeModelAlgorithm):
                   {"videomae": judge.params, "perceptual": judge.perceptual})
 
   def make_step(self, config, models: Models, tx, schedule):
+    gcfg = gaze_config(config)
     g = ml_collections.ConfigDict(config.grpo.to_dict())
     g.total_steps = config.train.num_steps
-    return make_train_step(models.graphdef, models.frozen_graphdef, tx, cfg=g, schedule=schedule)
+    g.tokens_per_step = g.tokens_per_step or gcfg.decoder.num_multi_token_pred
+    return make_train_step(models.graphdef, models.frozen_graphdef, tx, cfg=g, sampling=gcfg.sampling,
+                           schedule=schedule)
+
