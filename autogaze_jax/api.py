@@ -89,6 +89,8 @@ class AutoGaze:
                target_patch_size=None, **kw) -> dict:
     """Official `AutoGaze.forward(..., gazing_ratio=, task_loss_requirement=)` on processed clips
     (B, T, 3, H, W); with `target_scales`/`target_patch_size` the official resolution adaptation.
+    With neither gazing_ratio nor task_loss_requirement it follows `self.cfg.sampling` (the config.json
+    sampling configs: ratio, per-frame split, inference requirement; drawn from `seed`, docs/sampling.md).
     Keyword options: see `autogaze_jax.gaze.generate.generate` (coupled=True = official batch coupling)."""
     if needs_res_adapt(self.cfg, target_scales, target_patch_size):
       pv = np.asarray(check_pixel_values(pixel_values, self.cfg))
