@@ -17,6 +17,7 @@ from autogaze_jax.gaze.functional import (abstract_params, check_pixel_values, i
                                           teacher_forced, vision_features)
 from autogaze_jax.gaze.generate import generate
 from autogaze_jax.gaze.preprocess import Processor, check_frames
+from autogaze_jax.gaze.stream_video import VideoGazeStream, first_frames, take_sample
 from autogaze_jax.gaze.streaming import GazeStream
 from autogaze_jax.gaze.tiling import (clip_video, kept_ratio_per_frame, merge_tile_masks, needs_res_adapt, prepare_frames,
                                       recover_res_adapt, res_adapt_tiles, tile_video)
@@ -140,47 +141,29 @@ class AutoGaze:
       if real < bt:  # keep one program shape: pad with repeats, drop their outputs
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bt - real, axis=0)])
       out = generate(self, chunk, gazing_ratio, task_loss_requirement, **kw)
-      per_tile += [_take_sample(out, i) for i in range(real)]
+      per_tile += [take_sample(out, i) for i in range(real)]
     masks = merge_tile_masks([np.concatenate([t["gazing_mask"][i] for t in per_tile]) for i in range(len(self.cfg.scales))],
                              tiling)
     masks = [m.astype(bool) for m in masks]
     kept = kept_ratio_per_frame(masks, tiling)
     last = tiling.frames - (tiling.nt - 1) * tiling.clip_len  # real frames of the last temporal tile
-    per_tile = [_first_frames(t, last) if i // (tiling.nh * tiling.nw) == tiling.nt - 1 else t
+    per_tile = [first_frames(t, last) if i // (tiling.nh * tiling.nw) == tiling.nt - 1 else t
                 for i, t in enumerate(per_tile)]
     return {"tiles": per_tile, "tiling": tiling, "masks": masks, "frames": canvas, "resize": resize,
             "input_size": tuple(frames.shape[1:3]), "kept_ratio_per_frame": kept, "kept_ratio": float(kept.mean())}
 
-
-def _take_sample(out: dict, i: int) -> dict:
-  """Sample i of a batched official-format dict, with its own slot counts (`sample_num_gazing_each_frame`):
-  the trailing pad slots of a frame that only its batch mates needed are dropped."""
-  n_t = np.asarray(out["num_gazing_each_frame"])
-  own = np.asarray(out["sample_num_gazing_each_frame"])[i]
-  starts = np.concatenate([[0], np.cumsum(n_t)[:-1]])
-  idx = np.concatenate([s + np.arange(n) for s, n in zip(starts, own)]).astype(np.int64)
-  res = {k: (None if out.get(k) is None else np.asarray(out[k])[i:i + 1, idx])
-         for k in ("gazing_pos", "if_padded_gazing", "log_action_probs", "task_loss_prediction")}
-  res.update(num_gazing_each_frame=own.astype(np.int64), sample_num_gazing_each_frame=own[None],
-             num_real_gazing_each_frame=np.asarray(out["num_real_gazing_each_frame"])[i:i + 1],
-             gazing_mask=[m[i:i + 1] for m in out["gazing_mask"]])
-  for k in ("scales", "frame_sampling_rate", "num_vision_tokens_each_frame", "has_task_loss_requirement"):
-    res[k] = out[k]
-  res["task_loss_requirement"] = None if out.get("task_loss_requirement") is None else out["task_loss_requirement"][i:i + 1]
-  return res
+  def gaze_stream(self, video, gazing_ratio=0.75, task_loss_requirement=0.7, *, resize: str = "native",
+                  clip_len: int | None = None, batch_tiles: int | None = None, max_frames: int | None = None,
+                  prefetch: int = 2, sharding=None, **kw) -> VideoGazeStream:
+    """`gaze()` in bounded memory, one clip_len-frame chunk at a time: `video` is a file path (PyAV video
+    or .npz), a uint8 (T, H, W, 3) array or an iterable of uint8 (H, W, 3) frames. Iterate the result
+    for per-chunk dicts (`autogaze_jax.gaze.stream_video.VideoGazeStream`); each tile's dict equals the
+    one `gaze()` returns with the same `batch_tiles` (default: the tiles of one chunk per call). The
+    next chunks are decoded and tiled on a thread (`prefetch` ahead) while the device gazes;
+    `sharding` places each batch (e.g. data-parallel over the local devices)."""
+    return VideoGazeStream(self, video, gazing_ratio, task_loss_requirement, resize=resize, clip_len=clip_len,
+                           batch_tiles=batch_tiles, max_frames=max_frames, prefetch=prefetch, sharding=sharding, **kw)
 
 
-def _first_frames(res: dict, n: int) -> dict:
-  """A single-sample dict restricted to its first n frames (drops the repeat-padding of a partial tile)."""
-  counts = np.asarray(res["num_gazing_each_frame"])
-  keep = int(counts[:n].sum())
-  out = dict(res, num_gazing_each_frame=counts[:n], sample_num_gazing_each_frame=res["sample_num_gazing_each_frame"][:, :n],
-             num_real_gazing_each_frame=res["num_real_gazing_each_frame"][:, :n],
-             gazing_mask=[m[:, :n] for m in res["gazing_mask"]])
-  for k in ("gazing_pos", "if_padded_gazing", "log_action_probs", "task_loss_prediction"):
-    out[k] = None if res.get(k) is None else res[k][:, :keep]
-  if res.get("task_loss_requirement") is not None:
-    out["task_loss_requirement"] = res["task_loss_requirement"][:, :n]
-  return out
-
-
+# kept under their old names (tests import them from here)
+_take_sample, _first_frames = take_sample, first_frames

@@ -1,27 +1,41 @@
-"""Gaze a video and draw what the model looks at.
+"""Gaze a video, or a whole dataset, in bounded memory; draw what the model looks at.
 
   python -m launch.gaze --checkpoint=DIR_OR_HUB_ID --video=FILE --out=OUTDIR [--gazing_ratio=0.75]
                         [--task_loss_requirement=0.7] [--resize=native|shortest_edge_224]
                         [--batch_tiles=N] [--max_frames=N] [--vit=tiny|base|PATH]
+  python -m launch.gaze --checkpoint=... --videos=DIR_OR_ARRAYRECORD --out=OUTDIR [same options]
+                        [--coordinator=host:port --num_processes=N --process_id=I]
 
 --checkpoint: an official-format dir or a hub id ("nvidia/AutoGaze", "org/name@revision") fetched
 through huggingface_hub's cache (HF_HOME, HF_HUB_OFFLINE honoured).
-FILE: .mp4/.mov/.webm/.mkv (decoded with PyAV) or .npz with uint8 frames (T, H, W, 3) under `frames`;
---max_frames keeps the first N frames of either. A video whose decoding fails after some frames keeps
-the frames decoded before the error (a warning names the frame; gaze.json says "truncated_at_frame").
---resize=native (default): the video keeps its resolution and is cut into 16x224x224 tiles, gazed in
-batches of tiles, and merged; a video smaller than a tile is first resized to 224 on its shortest edge.
---resize=shortest_edge_224: the official QUICK_START basic path: shortest edge to 224, the model
-squashes each frame to 224x224, one tile per 16 frames.
-Writes OUTDIR/gaze.json (per-tile outputs as lists, video size, tiling, kept-token ratio per frame and
-overall, counting only patches over real pixels), OUTDIR/gaze.png (original + overlay rows, on the
-frames as gazed) and OUTDIR/gaze.gif, and prints a one-line summary. OUTDIR is checked for
-writability and free space before anything is computed, and each output appears whole or not at all
-(written to a temporary name, renamed once all three are written).
-Without --checkpoint it uses randomly initialised weights (with a warning); without --video it gazes a
-generated clip. With --vit the gazed tiles also go through a SigLIP-style ViT (a named random-init
-config, or HF SigLIP weights: .safetensors/.npz file, dir or hub id) that embeds only the gazed patches,
-timed against the full-token ViT on the same tiles; writes OUTDIR/vit.json and prints kept tokens + times.
+FILE: .mp4/.mov/.webm/.mkv/.avi (decoded with PyAV frame by frame) or .npz with uint8 frames (T, H, W, 3)
+under `frames` (loaded whole); --max_frames keeps the first N frames. The video is streamed
+(`AutoGaze.gaze_stream`): 16-frame chunks are decoded and tiled on a thread while the previous tiles are
+gazed, --batch_tiles tiles per compiled call (default: one chunk's tiles; the last call padded), and each
+chunk's results are written as they come, so memory does not grow with the video. A video whose decoding
+fails after some frames keeps them (a warning names the frame; "truncated_at_frame" in gaze.json).
+--resize=native (default): the video keeps its resolution and is cut into 16x224x224 tiles; a video
+smaller than a tile is first resized to 224 on its shortest edge. --resize=shortest_edge_224: the
+official QUICK_START basic path: shortest edge to 224, squashed to 224x224 by the model, one tile per 16
+frames.
+Writes OUTDIR/records/ (the gaze records, docs/gaze_format.md: chunk-*.npz per 16 frames as they are
+gazed, index.json last; read with autogaze_jax.gaze.records.read_gaze), OUTDIR/gaze.json (video size,
+tiling, kept-token ratio per frame and overall over real pixels), OUTDIR/gaze.png (the first 16 frames:
+original + overlay) and OUTDIR/gaze.gif (at most 64 evenly spaced frames), both scaled to 640 px at most.
+OUTDIR is checked for writability and free space before anything is computed; a write that fails later
+(full disk) stops with an error that says which chunk files are kept; gaze.json/png/gif appear together
+or not at all.
+--videos: every video file under DIR (recursive; names relative to DIR are the keys) or every clip of
+an ArrayRecord dataset written by launch.build_dataset (--split), each into OUTDIR/videos/<key>/ as
+above (no pictures). Host h of n gazes videos h, h+n, ...; each finished or unreadable video commits a
+line to OUTDIR/shards/gaze-h-of-n.jsonl, so a restart with the same OUTDIR skips finished videos and redoes
+the one in flight. Unreadable videos are counted and named in OUTDIR/summary.json (written by the last
+host to finish), never a crash. Multi-process: --coordinator/--num_processes/--process_id (or the JAX
+coordinator variables / --distributed); tiles are data-parallel over this host's accelerators.
+Without --checkpoint it uses randomly initialised weights (with a warning); without --video/--videos it
+gazes a generated clip. With --vit each chunk's gazed patches also go through a SigLIP-style ViT (a named
+random-init config, or HF SigLIP weights: .safetensors/.npz file, dir or hub id) in the same stream; the
+embeddings are written beside the records (vit-*.npz) and OUTDIR/vit.json has the token counts and time.
 """
 from __future__ import annotations
 
@@ -35,6 +49,9 @@ import tempfile
 import time
 
 import numpy as np
+
+# free space asked of --out before anything runs: the bounded pictures and the first chunks
+MIN_FREE = 4 << 20
 
 
 def read_video(path: str, max_frames: int | None = None) -> tuple[np.ndarray, int | None]:
@@ -96,22 +113,10 @@ def check_out_dir(out: str, need_bytes: int) -> None:
                      f"{need_bytes / 2**20:.1f} MiB")
 
 
-def output_bytes(frames: np.ndarray, resize: str) -> int:
-  """About the size of gaze.json + gaze.png + gaze.gif for these frames: the GIF holds original + overlay
-  side by side at one byte a pixel, the PNG 16 frames of each at three, both credited 2x compression
-  (dimmed overlays compress well); the JSON ~64 bytes a gaze slot of 265 per frame and tile."""
-  t, h, w = frames.shape[:3]
-  if resize == "shortest_edge_224":
-    h = w = 224
-  elif min(h, w) < 224:
-    h, w = (224, int(224 * w / h)) if h <= w else (int(224 * h / w), 224)
-  tiles_per_frame = -(-h // 224) * -(-w // 224)
-  return int((t * h * w * 2 + 2 * min(t, 16) * h * w * 3) // 2 + t * tiles_per_frame * 265 * 64 + (1 << 20))
-
-
 def write_outputs(out: str, writers: dict) -> None:
   """{name: write(path)}: every file is written under a temporary name in `out`, then all are renamed,
-  so a full disk or a crash leaves no output at all rather than a gaze.json without its pictures."""
+  so a full disk or a crash leaves none of them rather than a gaze.json without its pictures (the
+  records, written chunk by chunk before, stay)."""
   tmp = {name: os.path.join(out, f".{name}.partial") for name in writers}
   try:
     for name, write in writers.items():
@@ -120,7 +125,8 @@ def write_outputs(out: str, writers: dict) -> None:
       os.replace(tmp[name], os.path.join(out, name))
   except OSError as e:
     free = shutil.disk_usage(out).free if os.path.isdir(out) else 0
-    raise SystemExit(f"error: writing {out}: {e.strerror or e} ({free / 2**20:.1f} MiB free); nothing was written")
+    raise SystemExit(f"error: writing {out}: {e.strerror or e} ({free / 2**20:.1f} MiB free); none of "
+                     f"{', '.join(writers)} was written")
   finally:
     for p in tmp.values():
       if os.path.exists(p):
@@ -146,12 +152,49 @@ def _jsonable(x):
   return x
 
 
-def main(argv=None):
+def _video_error(e) -> SystemExit:
+  """A VideoError as the one-line message the CLI has always printed for each kind."""
+  p, why = e.path, e.reason
+  msgs = {"missing": f"video file {p!r} does not exist",
+          "directory": f"--video {p!r} is a directory, not a video file (pass one .mp4/.npz file)",
+          "no_frames": f"{p} has no decodable frames", "no_video_stream": f"{p} has no video stream",
+          "open_error": f"cannot decode {p}: {str(e).split('(', 1)[-1].rstrip(')')}",
+          "bad_frames": str(e)}
+  return SystemExit(f"error: {msgs[why]}")
+
+
+def record_bytes(frames: int, height: int, width: int, resize: str) -> int:
+  """About the records' size: 265 slots a frame and tile at 5 bytes (int32 id + flag) plus the per-chunk
+  fixed part; the bounded pictures on top (MIN_FREE)."""
+  if resize == "shortest_edge_224":
+    height = width = 224
+  elif min(height, width) < 224:
+    height, width = (224, int(224 * width / height)) if height <= width else (int(224 * height / width), 224)
+  return int(frames * -(-height // 224) * -(-width // 224) * 265 * 5 + MIN_FREE)
+
+
+def _probe(path: str):
+  """(frames or None, height, width) of a video file from its header, without decoding; None if unknown."""
+  if not path or not os.path.isfile(path) or path.endswith(".npz"):
+    return None
+  try:
+    import av
+    with av.open(path) as c:
+      s = c.streams.video[0]
+      return int(s.frames or 0) or None, int(s.height), int(s.width)
+  except Exception:  # noqa: BLE001  the stream reports unreadable files with their reason
+    return None
+
+
+def build_parser():
   ap = argparse.ArgumentParser(prog="python -m launch.gaze", description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--checkpoint", help="official-format checkpoint dir (config.json + model.safetensors) or a hub "
                                        "id (nvidia/AutoGaze, org/name@revision)")
   ap.add_argument("--video", help="video file or .npz with uint8 `frames` (default: a generated clip)")
+  ap.add_argument("--videos", help="a dataset: a directory of video files (recursive) or a launch.build_dataset "
+                                   "ArrayRecord dir; one records dir per video under OUTDIR/videos/")
+  ap.add_argument("--split", default="train", help="split of an ArrayRecord --videos dataset")
   ap.add_argument("--out", required=True, help="output directory")
   ap.add_argument("--gazing_ratio", type=float, default=0.75, help="max fraction of the 265 patches per frame")
   ap.add_argument("--task_loss_requirement", type=float, default=0.7,
@@ -159,30 +202,43 @@ def main(argv=None):
   ap.add_argument("--resize", choices=("native", "shortest_edge_224"), default="native",
                   help="native: 224x224 tiles at the video's resolution (small videos brought up to 224); "
                        "shortest_edge_224: the official basic path (shortest edge 224, squashed to 224x224)")
-  ap.add_argument("--batch_tiles", type=int, default=None, help="tiles per compiled batch (default: all)")
+  ap.add_argument("--batch_tiles", type=int, default=None,
+                  help="tiles per compiled call, one program shape (default: the tiles of one 16-frame chunk)")
   ap.add_argument("--max_frames", type=int, default=None, help="use at most this many (first) frames")
   ap.add_argument("--coupled", action="store_true", help="official batch coupling of tiles (parity mode)")
   ap.add_argument("--seed", type=int, default=0, help="init seed without --checkpoint")
-  ap.add_argument("--vit", help="gazed ViT after the gaze: tiny | base | so400m (random init) or SigLIP weights: "
-                                "a file/dir (HF names) or a hub id (google/siglip2-base-patch16-224); prints kept "
-                                "tokens and time vs the full-token ViT")
-  args = ap.parse_args(argv)
+  ap.add_argument("--vit", help="gazed ViT in the same stream: tiny | base | so400m (random init) or SigLIP weights: "
+                                "a file/dir (HF names) or a hub id (google/siglip2-base-patch16-224); embeddings "
+                                "written beside the records")
+  ap.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (auto-detected)")
+  ap.add_argument("--coordinator", help="host:port of process 0 (multi-process --videos without auto-detection)")
+  ap.add_argument("--num_processes", type=int, help="number of processes (with --coordinator)")
+  ap.add_argument("--process_id", type=int, help="this process's index (with --coordinator)")
+  ap.add_argument("--stop_after_chunks", type=int, help=argparse.SUPPRESS)   # test hook: simulate a kill
+  return ap
+
+
+def main(argv=None):
+  args = build_parser().parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
   if args.max_frames is not None and args.max_frames < 1:
     raise SystemExit(f"error: --max_frames must be >= 1, got {args.max_frames}")
+  if args.batch_tiles is not None and args.batch_tiles < 1:
+    raise SystemExit(f"error: --batch_tiles must be >= 1, got {args.batch_tiles}")
+  if args.video and args.videos:
+    raise SystemExit("error: pass --video (one video) or --videos (a dataset), not both")
+  if args.coordinator or args.distributed:
+    from launch.runtime import init_runtime
+    init_runtime(args.distributed, args.coordinator, args.num_processes, args.process_id)
 
   check_out_dir(args.out, 0)             # unwritable: found before decoding or loading anything
-  truncated = None
-  if args.video:
-    frames, truncated = read_video(args.video, args.max_frames)
-  else:
-    from data_pipelines.synthetic import make_clip
-    frames = make_clip(0, 0)[:args.max_frames]
-  check_out_dir(args.out, output_bytes(frames, args.resize))   # too little space: found before gazing
+  probe = _probe(args.video)
+  need = record_bytes(*probe, args.resize) if probe and probe[0] else MIN_FREE
+  check_out_dir(args.out, need)          # too little space: found before gazing
+  if args.videos:
+    keys, source = dataset_items(args)
 
   from autogaze_jax import AutoGaze, GazeConfig
-  from autogaze_jax.evaluation import viz
-  from autogaze_jax.core.patches import ScaleLayout
   from autogaze_jax.interop.common import CheckpointError
   if args.checkpoint:
     try:
@@ -193,78 +249,139 @@ def main(argv=None):
     logging.warning("WARNING: no --checkpoint given: using RANDOMLY INITIALISED weights (gaze is meaningless)")
     model = AutoGaze(GazeConfig(), seed=args.seed)
   thr = None if np.isnan(args.task_loss_requirement) else args.task_loss_requirement
-  t0 = time.perf_counter()
+  vit = make_vit(args, model) if args.vit else None
+  if args.videos:
+    return run_dataset(args, model, thr, vit, keys, source)
+  return run_video(args, model, thr, vit)
+
+
+def _settings(args, thr) -> dict:
+  from autogaze_jax.gaze_dataset import local_sharding
+  return dict(gazing_ratio=args.gazing_ratio, task_loss_requirement=thr, resize=args.resize,
+              batch_tiles=args.batch_tiles, max_frames=args.max_frames, coupled=args.coupled,
+              sharding=local_sharding(args.batch_tiles))
+
+
+def run_video(args, model, thr, vit):
+  from autogaze_jax.evaluation.writers import _fmt
+  from autogaze_jax.gaze.stream_video import FrameReader, VideoError
+  from autogaze_jax.gaze_dataset import GazeOutputError, Overview, gaze_video
+  if args.video:
+    name = args.video
+    try:
+      reader = FrameReader(args.video, args.max_frames)
+    except VideoError as e:
+      raise _video_error(e) from None
+  else:
+    from data_pipelines.synthetic import make_clip
+    name = "<generated clip>"
+    reader = FrameReader(make_clip(0, 0), args.max_frames)
+  overview, kept = Overview(), []
+  stop = None
+  if args.stop_after_chunks:
+    n = [0]
+    stop = lambda: (n.__setitem__(0, n[0] + 1), n[0] >= args.stop_after_chunks)[1]  # noqa: E731
   try:
-    res = model.gaze(frames, args.gazing_ratio, thr, resize=args.resize, batch_tiles=args.batch_tiles,
-                     coupled=args.coupled)
+    meta = gaze_video(model, reader, os.path.join(args.out, "records"), name=name, vit=vit, overview=overview,
+                      kept_per_frame=kept, stop_after_chunks=stop, **_settings(args, thr))
+  except VideoError as e:
+    raise _video_error(e) from None
+  except GazeOutputError as e:
+    raise SystemExit(f"error: {e}") from None
   except ValueError as e:
-    raise SystemExit(f"error: {e}")
-  dt = time.perf_counter() - t0
-  tl = res["tiling"]
-  canvas = res["frames"]   # the frames as gazed (upsized small video, or 224x224 for shortest_edge_224)
-  summary = {"video": args.video or "<generated clip>", "frames": int(frames.shape[0]),
-             "height": int(frames.shape[1]), "width": int(frames.shape[2]), "resize": args.resize,
-             "gazed_height": int(canvas.shape[1]), "gazed_width": int(canvas.shape[2]),
-             "truncated_at_frame": truncated,
-             "tiling": {"clip_len": tl.clip_len, "tile": tl.tile, "temporal": tl.nt, "rows": tl.nh, "cols": tl.nw},
-             "gazing_ratio": args.gazing_ratio, "task_loss_requirement": thr,
-             "kept_ratio": res["kept_ratio"], "kept_ratio_per_frame": res["kept_ratio_per_frame"],
-             "seconds": dt, "tiles": res["tiles"]}
-  overlay = viz_overlay(canvas, res, model, ScaleLayout.from_gaze_config(model.cfg), viz)
-  write_outputs(args.out, {
-      "gaze.json": _write_json(summary),
-      "gaze.png": lambda p: viz.save_png_grid(p, [canvas[:16], overlay[:16]], ["original", "gaze"]),
-      "gaze.gif": lambda p: viz.save_gif(p, np.concatenate([canvas, overlay], axis=2))})
-  cut = f" (decoding stopped at frame {truncated})" if truncated is not None else ""
-  print(f"gazed {frames.shape[0]} frames{cut} of {frames.shape[2]}x{frames.shape[1]} in {tl.num_tiles} tiles "
-        f"({args.resize}): kept {100 * res['kept_ratio']:.1f}% of patches ({dt:.1f}s) -> {args.out}/gaze.json, "
-        "gaze.png, gaze.gif")
-  if args.vit:
-    run_vit(args, model, frames, res)
+    raise SystemExit(f"error: {e}") from None
+  if meta["truncated_at_frame"] is not None:
+    logging.warning(f"WARNING: {name}: {meta['decode_error']}; gazed the {meta['frames']} frames decoded before it")
+  h, w = meta["input_size"]
+  summary = {"video": name, "frames": meta["frames"], "height": h, "width": w, "resize": args.resize,
+             "gazed_height": meta["canvas_size"][0], "gazed_width": meta["canvas_size"][1],
+             "truncated_at_frame": meta["truncated_at_frame"],
+             "tiling": {"clip_len": meta["clip_len"], "tile": meta["tile"], "temporal": meta["temporal"],
+                        "rows": meta["rows"], "cols": meta["cols"]},
+             "num_tiles": meta["num_tiles"], "gazing_ratio": args.gazing_ratio, "task_loss_requirement": thr,
+             "kept_ratio": meta["kept_ratio"], "kept_ratio_per_frame": kept, "records": "records",
+             "seconds": meta["seconds"], "tiles_per_s": meta["tiles_per_s"]}
+  write_outputs(args.out, {"gaze.json": _write_json(summary),
+                           "gaze.png": lambda p: overview.write(p, None),
+                           "gaze.gif": lambda p: overview.write(None, p)})
+  cut = f" (decoding stopped at frame {meta['truncated_at_frame']})" if meta["truncated_at_frame"] is not None else ""
+  print(f"gazed {meta['frames']} frames{cut} of {w}x{h} in {meta['num_tiles']} tiles ({args.resize}): kept "
+        f"{100 * meta['kept_ratio']:.1f}% of patches ({_fmt(meta['seconds'])}, {meta['tiles_per_s']:.1f} tiles/s) -> "
+        f"{args.out}/records, gaze.json, gaze.png, gaze.gif")
+  if vit is not None:
+    report_vit(args, vit)
   return 0
 
 
-def run_vit(args, model, frames, res):
-  """--vit: the gazed ViT on this gaze (autogaze_jax.vit.pipeline.gaze_then_vit), timed vs full-token."""
+def make_vit(args, model):
+  """--vit: a named random-init ViT or SigLIP weights, wrapped to embed each chunk in the stream."""
+  from autogaze_jax.gaze_dataset import VitEmbedder
   from autogaze_jax.vit import model as gv
   from autogaze_jax.vit import pipeline as vp
   if args.vit in gv.NAMED:
     logging.warning(f"WARNING: --vit={args.vit}: RANDOMLY INITIALISED SigLIP-style ViT (timings only)")
-    vit = vp.GazedViT.named(args.vit, seed=args.seed)
+    handle = vp.GazedViT.named(args.vit, seed=args.seed)
   else:
     try:
-      vit = vp.GazedViT.from_pretrained(args.vit)
+      handle = vp.GazedViT.from_pretrained(args.vit)
     except (ValueError, OSError) as e:   # CheckpointError is a ValueError: one line
       raise SystemExit(f"error: --vit={args.vit}: {e}")
-  thr = None if np.isnan(args.task_loss_requirement) else args.task_loss_requirement
   try:
-    rep = vp.gaze_then_vit(model, vit, frames, args.gazing_ratio, thr, batch_tiles=args.batch_tiles, gaze_result=res)
+    return VitEmbedder(handle, model.cfg, args.gazing_ratio, batch_tiles=args.batch_tiles)
   except ValueError as e:
     raise SystemExit(f"error: --vit: {e}")
-  tm = rep["timings"]
-  write_outputs(args.out, {"vit.json": _write_json(
-      {k: rep[k] for k in ("capacity", "tiles", "kept_tokens", "vit_tokens", "full_tokens")}
-      | {"vit": args.vit, "timings": tm})})
-  print(f"vit {args.vit}: {rep['kept_tokens']} gazed tokens ({rep['capacity']} slots/frame) vs {rep['full_tokens']} "
-        f"tokens of the full-token ViT on the same {rep['tiles']} tiles; gazed ViT {tm['vit_s']:.3f}s vs full-token "
-        f"ViT {tm['full_vit_s']:.3f}s -> {tm['speedup']:.2f}x")
 
 
-def viz_overlay(frames, res, model, layout, viz):
-  """Draw the stitched video-level masks on the canvas the gaze tiled (`res["frames"]`): every tile's
-  gazing_pos, tile by tile, at its place."""
-  tl = res["tiling"]
-  out = np.array(frames)
-  for i, tile in enumerate(res["tiles"]):
-    ti, r, c = i // (tl.nh * tl.nw), (i // tl.nw) % tl.nh, i % tl.nw
-    t0, y0, x0 = ti * tl.clip_len, r * tl.tile, c * tl.tile
-    sub = frames[t0:t0 + tl.clip_len, y0:y0 + tl.tile, x0:x0 + tl.tile]
-    th, tw = sub.shape[1:3]
-    pad = np.zeros((sub.shape[0], tl.tile, tl.tile, 3), np.uint8)
-    pad[:, :th, :tw] = sub
-    drawn = viz.gaze_overlay(pad, tile["gazing_pos"][0], tile["if_padded_gazing"][0], layout)
-    out[t0:t0 + tl.clip_len, y0:y0 + tl.tile, x0:x0 + tl.tile] = drawn[:, :th, :tw]
-  return out
+def report_vit(args, vit):
+  rep = {"vit": args.vit, "capacity": vit.capacity, "tiles": vit.tiles, "kept_tokens": vit.kept_tokens,
+         "vit_tokens": vit.vit_tokens, "full_tokens": vit.full_tokens, "timings": {"vit_s": vit.seconds},
+         "embeddings": "records/vit-*.npz"}
+  write_outputs(args.out, {"vit.json": _write_json(rep)})
+  print(f"vit {args.vit}: {vit.kept_tokens} gazed tokens ({vit.capacity} slots/frame) vs {vit.full_tokens} tokens "
+        f"of the full-token ViT on the same {vit.tiles} tiles; gazed ViT {vit.seconds:.3f}s in the stream -> "
+        f"{args.out}/records/vit-*.npz, vit.json")
+
+
+def dataset_items(args):
+  """--videos -> (keys, source(i)): the files under a dir (keys: paths relative to it), or the clips of an
+  ArrayRecord dataset (keys: their video_path)."""
+  root = args.videos
+  if not os.path.isdir(root):
+    raise SystemExit(f"error: --videos {root!r} is not a directory (a folder of videos or an ArrayRecord dataset)")
+  from data_pipelines.sources import DATASET_NAME
+  if os.path.isdir(os.path.join(root, DATASET_NAME)):
+    from data_pipelines.sources import ArrayRecordSource
+    try:
+      src = ArrayRecordSource(root, args.split)
+    except ValueError as e:
+      raise SystemExit(f"error: --videos {root!r}: {e}")
+    keys = src.paths()
+    if len(set(keys)) != len(keys):   # a video split into several records: keep them apart
+      keys = [f"{k}#{i}" for i, k in enumerate(keys)]
+    return keys, lambda i: src[i]["frames"]
+  from autogaze_jax.gaze.stream_video import list_video_files
+  keys = list_video_files(root)
+  if not keys:
+    raise SystemExit(f"error: --videos {root!r} holds no video files (.mp4/.mov/.webm/.mkv/.avi/.npz)")
+  return keys, lambda i: os.path.join(root, keys[i])
+
+
+def run_dataset(args, model, thr, vit, keys, source):
+  from autogaze_jax.gaze_dataset import GazeOutputError, gaze_dataset
+  try:
+    summary = gaze_dataset(model, keys, source, args.out, vit=vit, stop_after_chunks=args.stop_after_chunks,
+                           **_settings(args, thr))
+  except GazeOutputError as e:
+    raise SystemExit(f"error: {e}") from None
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
+  if summary is not None:
+    print(json.dumps(summary, indent=1))
+  else:
+    print(f"this host's videos are done; the last host to finish writes {args.out}/summary.json")
+  if vit is not None and vit.tiles:
+    report_vit(args, vit)
+  return 0
 
 
 if __name__ == "__main__":

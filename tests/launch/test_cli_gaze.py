@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import FIXTURES
+from autogaze_jax.gaze.records import read_gaze
 from launch import gaze as cli
 
 TINY = os.path.join(FIXTURES, "gaze_tiny")
@@ -21,9 +22,10 @@ def test_gaze_cli_npz_nonsquare(tmp_path, capsys):
   assert (out["height"], out["width"], out["frames"]) == (180, 320, 6)
   assert (out["gazed_height"], out["gazed_width"], out["resize"], out["truncated_at_frame"]) == (224, 398, "native", None)
   assert out["tiling"] == {"clip_len": 16, "tile": 224, "temporal": 1, "rows": 1, "cols": 2}
-  assert len(out["tiles"]) == 2 and len(out["kept_ratio_per_frame"]) == 6
+  tiles = list(read_gaze(str(tmp_path / "o" / "records")).tiles())   # per-tile results: the streamed records
+  assert len(tiles) == 2 == out["num_tiles"] and len(out["kept_ratio_per_frame"]) == 6
   # ratio 0.1 without threshold: exactly 26 real gazes per frame and tile
-  assert all(np.array(t["num_real_gazing_each_frame"]).tolist() == [[26] * 6] for t in out["tiles"])
+  assert all(np.array(t["num_real_gazing_each_frame"]).tolist() == [[26] * 6] for t in tiles)
   # kept ratio over real pixels: tile 2 holds 398 - 224 = 174 real columns, i.e. 2/4/6/11 of the 2/4/7/14
   # columns per scale: 265 + 216 = 481 real patches; its gazes on the padding count in neither
   kept = np.array(out["kept_ratio_per_frame"]) * 481
@@ -33,7 +35,7 @@ def test_gaze_cli_npz_nonsquare(tmp_path, capsys):
   assert Image.open(tmp_path / "o" / "gaze.png").size[1] > 224
   gif = Image.open(tmp_path / "o" / "gaze.gif")
   assert gif.size == (796, 224)   # the frames as gazed: original | overlay
-  assert sorted(os.listdir(tmp_path / "o")) == ["gaze.gif", "gaze.json", "gaze.png"]   # no temporaries left
+  assert sorted(os.listdir(tmp_path / "o")) == ["gaze.gif", "gaze.json", "gaze.png", "records"]   # no temporaries left
   assert "(native): kept" in capsys.readouterr().out
 
 
@@ -132,8 +134,8 @@ def test_out_checked_first_atomic_outputs_one_line_errors_and_cut_video(tmp_path
   from autogaze_jax.evaluation import viz
   np.savez(tmp_path / "v.npz", frames=np.zeros((2, 8, 8, 3), np.uint8))
   computed = []
-  real_gaze = AutoGaze.gaze
-  monkeypatch.setattr(AutoGaze, "gaze", lambda self, *a, **k: computed.append(1) or real_gaze(self, *a, **k))
+  real_gaze = AutoGaze.gaze_stream
+  monkeypatch.setattr(AutoGaze, "gaze_stream", lambda self, *a, **k: computed.append(1) or real_gaze(self, *a, **k))
   (tmp_path / "file").write_text("x")
   with pytest.raises(SystemExit, match=r"--out '.*file/o' is not writable"):
     cli.main(["--checkpoint", TINY, "--video", str(tmp_path / "v.npz"), "--out", str(tmp_path / "file" / "o")])
@@ -141,7 +143,7 @@ def test_out_checked_first_atomic_outputs_one_line_errors_and_cut_video(tmp_path
   with pytest.raises(SystemExit, match=r"has 0.0 MiB free, the outputs need about"):
     cli.main(["--checkpoint", TINY, "--video", str(tmp_path / "v.npz"), "--out", str(tmp_path / "full")])
   monkeypatch.undo()
-  monkeypatch.setattr(AutoGaze, "gaze", lambda self, *a, **k: computed.append(1) or real_gaze(self, *a, **k))
+  monkeypatch.setattr(AutoGaze, "gaze_stream", lambda self, *a, **k: computed.append(1) or real_gaze(self, *a, **k))
   assert computed == []
   (tmp_path / "bad").mkdir()
   (tmp_path / "bad" / "config.json").write_text("{not json")
@@ -158,10 +160,13 @@ def test_out_checked_first_atomic_outputs_one_line_errors_and_cut_video(tmp_path
   def no_space(path, frames, **kw):
     raise OSError(errno.ENOSPC, "No space left on device")
   monkeypatch.setattr(viz, "save_gif", no_space)
-  with pytest.raises(SystemExit, match=r"No space left on device .* MiB free\); nothing was written"):
+  with pytest.raises(SystemExit, match=r"No space left on device .* MiB free\); none of gaze.json, gaze.png, "
+                                       r"gaze.gif was written"):
     cli.main(["--checkpoint", TINY, "--video", str(tmp_path / "cut.mov"), "--out", str(tmp_path / "o"),
               "--gazing_ratio", "0.1", "--task_loss_requirement", "nan"])
-  assert os.listdir(tmp_path / "o") == [] and computed == [1]   # not gaze.json without its pictures
+  # not gaze.json without its pictures; the streamed records stay, complete
+  assert os.listdir(tmp_path / "o") == ["records"] and computed == [1]
+  assert read_gaze(str(tmp_path / "o" / "records")).meta["frames"] < 8
   monkeypatch.undo()
   with caplog.at_level("WARNING"):
     cli.main(["--checkpoint", TINY, "--video", str(tmp_path / "cut.mov"), "--out", str(tmp_path / "o"),
