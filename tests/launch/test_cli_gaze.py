@@ -182,3 +182,56 @@ def test_out_checked_first_atomic_outputs_one_line_errors_and_cut_video(tmp_path
 def shutil_usage(free):
   import collections
   return collections.namedtuple("usage", "total used free")(1 << 30, (1 << 30) - free, free)
+
+
+# ---------------------------------------------------------------- issue 17: datasets across hosts
+@pytest.mark.multiprocess
+def test_videos_two_processes_cover_every_video_once(tmp_path):
+  """--videos under jax.distributed (2 processes on localhost): host h gazes videos h, h+2, ...; every
+  video is committed exactly once across the shards, the unreadable one as a named skip, and the last
+  host to finish writes summary.json."""
+  import socket
+  import subprocess
+  import sys
+  src = tmp_path / "v"
+  src.mkdir()
+  rng = np.random.default_rng(0)
+  for name in ("a", "b", "c"):
+    np.savez(src / f"{name}.npz", frames=rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8))
+  (src / "d.mp4").write_bytes(b"junk" * 100)
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen([sys.executable, "-m", "launch.gaze", "--checkpoint", TINY, "--videos", str(src),
+                             "--out", str(tmp_path / "o"), "--gazing_ratio", "0.1", "--task_loss_requirement", "nan",
+                             f"--coordinator=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  from autogaze_jax.labels.shards import read_shard
+  from autogaze_jax.gaze_dataset import shard_file
+  recs = [read_shard(shard_file(str(tmp_path / "o"), h, 2)) for h in range(2)]
+  assert [sorted(r["key"] for r in rs) for rs in recs] == [["a.npz", "c.npz"], ["b.npz", "d.mp4"]]
+  summary = json.load(open(tmp_path / "o" / "summary.json"))
+  assert (summary["gazed"], summary["skipped"], summary["missing"], summary["frames"]) == (3, 1, 0, 15)
+  assert list(summary["skipped_videos"]) == ["d.mp4"]
+  assert all(read_gaze(str(tmp_path / "o" / "videos" / f"{n}.npz")).meta["frames"] == 5 for n in "abc")
+  assert any("host 1/2: 2 videos, 0 already done, 2 to go" in o for o in outs)
+
+
+def test_videos_dataset_errors(tmp_path):
+  """--videos: not a directory, no videos in it, an unwritable --out: one-line errors before any compute."""
+  with pytest.raises(SystemExit, match="is not a directory"):
+    cli.main(["--checkpoint", TINY, "--videos", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(SystemExit, match="holds no video files"):
+    cli.main(["--checkpoint", TINY, "--videos", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(SystemExit, match="is not writable"):
+    cli.main(["--checkpoint", TINY, "--videos", str(tmp_path / "empty"), "--out", str(tmp_path / "file" / "o")])
+  with pytest.raises(SystemExit, match="not both"):
+    cli.main(["--video", "x.mp4", "--videos", str(tmp_path), "--out", str(tmp_path / "o")])
