@@ -11,14 +11,20 @@ protocol (`train/algorithm.py`); the caller builds the input iterator (`launch/t
     steps, at the end, and on SIGTERM (preemption); a restart in the same workdir resumes exactly
     (restore targets carry the current mesh's shardings, so another device count works too);
   * metrics to TensorBoard + metrics.jsonl and a console progress line with ETA; NaN/Inf in a loss or
-    norm stops the run naming the step and metric (the last good checkpoint stays).
+    norm stops the run naming the step and metric (the last good checkpoint stays);
+  * a checkpoint that cannot be written (disk full, no permission) stops the run with one
+    `CheckpointSaveError` naming the path, the free space and the last complete checkpoint, which a
+    rerun resumes from (orbax's own tracebacks of the failure are not logged a second time).
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import shutil
 import signal
+import sys
 import time
 
 import jax
@@ -28,6 +34,7 @@ import numpy as np
 from autogaze_jax.core import sharding as shd
 from autogaze_jax.evaluation.writers import MetricWriter, Progress, check_finite
 from autogaze_jax.gaze.preprocess import normalize_on_device
+from autogaze_jax.interop.common import CheckpointError
 from autogaze_jax.train import registry
 from autogaze_jax.train.state import ConfigError, TrainState, validate_optimizer
 
@@ -190,12 +197,117 @@ def _manager(workdir: str, config):
                                item_names=("state", "data"))
 
 
-def _save(mngr, step: int, state, it):
-  import grain
-  import orbax.checkpoint as ocp
-  jax.block_until_ready(state)
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          data=grain.checkpoint.CheckpointSave(it)), force=True)
+class WorkdirWriteError(CheckpointError):
+  """The run could not write into its workdir (disk full, quota, permissions); the message names
+  the path, the free space left there and the last complete checkpoint (the one a rerun resumes from)."""
+
+
+class CheckpointSaveError(WorkdirWriteError):
+  """A checkpoint could not be written (see WorkdirWriteError)."""
+
+
+def _complete_steps(ckpt_dir: str) -> list[int]:
+  # orbax writes into "<step>.orbax-checkpoint-tmp*" and renames to "<step>" once every item is committed
+  try:
+    return sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
+  except OSError:
+    return []
+
+
+def _chain(e: BaseException):
+  seen = []
+  while e is not None and e not in seen:
+    seen.append(e)
+    e = e.__cause__ or e.__context__
+  return seen
+
+
+def _disk_full(e: BaseException) -> str | None:
+  """"no space left on device" / "disk quota exceeded" when `e` or its cause is that, else None."""
+  for x in _chain(e):
+    if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
+      return os.strerror(x.errno).lower()
+    # tensorstore (orbax's array writer) reports ENOSPC as a ValueError "... [os_error_code='28']"
+    if "No space left on device" in str(x) or f"os_error_code='{errno.ENOSPC}'" in str(x):
+      return "no space left on device"
+  return None
+
+
+def _write_error(e: BaseException, ckpt_dir: str, *, step: int | None = None,
+                 path: str | None = None) -> WorkdirWriteError:
+  """The named error of a failed write: a checkpoint `step`, or another file `path` of the run."""
+  where = path or os.path.join(ckpt_dir, str(step))
+  probe = where
+  while probe and not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  try:
+    free = f"{shutil.disk_usage(probe).free / 2**20:.1f} MiB free there"
+  except OSError:
+    free = "free space unknown"
+  why = _disk_full(e)
+  if why is None:
+    cause = _chain(e)[-1]
+    why = f"{type(cause).__name__}: {(str(cause).splitlines() or [''])[0][:300]}"
+  good = [s for s in _complete_steps(ckpt_dir) if s != step]
+  last = (f"the last complete checkpoint is step {good[-1]} ({os.path.join(ckpt_dir, str(good[-1]))}): free space "
+          "and rerun the same command to resume from it") if good else "no complete checkpoint was written"
+  if path is None:
+    return CheckpointSaveError(f"saving checkpoint step {step} to {where} failed: {why} ({free}); {last}")
+  return WorkdirWriteError(f"writing {where} failed: {why} ({free}); {last}")
+
+
+class _Checkpoints:
+  """The loop's orbax manager with save failures turned into `CheckpointSaveError`.
+
+  Saves are asynchronous: a failure of step N's write surfaces at the next save or wait, so the
+  step in flight is remembered to name it."""
+
+  def __init__(self, mngr):
+    self.mngr, self.dir, self.pending = mngr, str(mngr.directory), None
+
+  def wait(self):
+    try:
+      self.mngr.wait_until_finished()
+    except Exception as e:  # noqa: BLE001  whatever failed in the background write of `pending`
+      raise _write_error(e, self.dir, step=self.pending) from e
+    self.pending = None
+
+  def save(self, step: int, state, it):
+    import grain
+    import orbax.checkpoint as ocp
+    jax.block_until_ready(state)
+    self.wait()   # the previous write's failure belongs to its own step
+    try:
+      self.mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   data=grain.checkpoint.CheckpointSave(it)), force=True)
+    except Exception as e:  # noqa: BLE001
+      raise _write_error(e, self.dir, step=step) from e
+    self.pending = step
+
+
+class _OrbaxTracebacks(logging.Filter):
+  def filter(self, record):
+    return not (record.exc_info and record.levelno >= logging.ERROR and
+                f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+
+
+def _quiet_orbax_failures():
+  """Until the returned undo is called, a failed background write is reported once, as the
+  CheckpointSaveError it becomes: orbax logs the same traceback 4-5 times (~100 lines each, through
+  absl), and tensorstore writes still in flight print "Event loop is closed" when orbax drops its
+  event loop."""
+  absl_logger, tracebacks, previous = logging.getLogger("absl"), _OrbaxTracebacks(), sys.unraisablehook
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+  absl_logger.addFilter(tracebacks)
+  sys.unraisablehook = hook
+
+  def undo():
+    absl_logger.removeFilter(tracebacks)
+    sys.unraisablehook = previous
+  return undo
 
 
 def _restore(mngr, step: int, abstract_state, it):
@@ -270,6 +382,7 @@ def _train(config, workdir, data, picture_frames, stop_after) -> dict:
 
   # ---- checkpoint: resume precedence = checkpoint in workdir > init ----
   mngr = _manager(workdir, config)
+  ckpt = _Checkpoints(mngr)
   start = 0
   if mngr.latest_step() is not None:
     start = int(mngr.latest_step())
@@ -311,6 +424,8 @@ def _train(config, workdir, data, picture_frames, stop_after) -> dict:
   metrics, batch = {}, first
   step = start
   draw = picture_frames is not None and config.train.picture_every > 0
+  failed = True
+  loud_again = _quiet_orbax_failures()
   try:
     while step < config.train.num_steps:
       t_step = time.perf_counter()
@@ -326,7 +441,7 @@ def _train(config, workdir, data, picture_frames, stop_after) -> dict:
       if stop_after is not None and step - start >= stop_after:
         stop["stop"] = True
       if step % config.train.ckpt_every == 0 or stop["stop"] or step == config.train.num_steps:
-        _save(mngr, step, state, data)
+        ckpt.save(step, state, data)
       if draw and step % config.train.picture_every == 0:
         local = host_local(state.params)   # every process takes part; only process 0 draws
         images = algo.picture(config, graphdef, local, picture_frames, workdir, step) if is_main else {}
@@ -338,9 +453,29 @@ def _train(config, workdir, data, picture_frames, stop_after) -> dict:
         break
       if step < config.train.num_steps:
         batch = device_batch()
+    failed = False
+  except OSError as e:   # metrics, pictures: on a full disk, the same one named error as a checkpoint
+    if not _disk_full(e):
+      raise
+    raise _write_error(e, ckpt.dir, path=e.filename or workdir) from e
   finally:
-    mngr.wait_until_finished()
-    writer.close()
+    errors = []
+    for close, path in ((ckpt.wait, None), (writer.close, os.path.join(workdir, "tb"))):
+      try:
+        close()
+      except (WorkdirWriteError, OSError) as e:
+        if isinstance(e, OSError) and _disk_full(e):
+          named = _write_error(e, ckpt.dir, path=path)
+          named.__cause__ = e
+          e = named
+        errors.append(e)
+    loud_again()
+    if errors and not failed:
+      raise errors[0]
+    # else the error already on its way out wins; a close that failed of the same full disk adds nothing
+    for e in errors:
+      if not _disk_full(e):
+        logging.warning("after that failure, closing failed too: %s", (str(e).splitlines() or [""])[0])
   params = host_local(state.params)  # every process takes part in gathering sharded params
   if is_main and step >= config.train.num_steps:
     algo.export(config, graphdef, params, workdir)
