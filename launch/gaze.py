@@ -358,7 +358,13 @@ def dataset_items(args):
     keys = src.paths()
     if len(set(keys)) != len(keys):   # a video split into several records: keep them apart
       keys = [f"{k}#{i}" for i, k in enumerate(keys)]
-    return keys, lambda i: src[i]["frames"]
+    def record(i):
+      from autogaze_jax.gaze.stream_video import VideoError
+      try:
+        return src[i]["frames"]
+      except Exception as e:  # noqa: BLE001  an unreadable record is a counted skip like an unreadable file
+        raise VideoError(keys[i], "open_error", f"cannot read record {i} of {root}: {e}") from None
+    return keys, record
   from autogaze_jax.gaze.stream_video import list_video_files
   keys = list_video_files(root)
   if not keys:
