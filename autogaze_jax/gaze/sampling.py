@@ -200,8 +200,9 @@ class SamplingConfig:
         frame=F(during_training=val(f, ("sample_strategy_during_training",), F.during_training),
                 during_inference=val(f, ("sample_strategy_during_inference",), F.during_inference),
                 dirichlet_alpha=alpha if isinstance(alpha, str) else num(alpha, "gazing_ratio_each_frame_config.dirichlet.alpha")),
-        requirement=Q(has_during_training=d.get("has_task_loss_requirement_during_training", False),
-                      has_during_inference=d.get("has_task_loss_requirement_during_inference", False),
+        # null is the official falsy "no requirement"
+        requirement=Q(has_during_training=d.get("has_task_loss_requirement_during_training") or False,
+                      has_during_inference=d.get("has_task_loss_requirement_during_inference") or False,
                       during_training=val(q, ("sample_strategy_during_training",), Q.during_training),
                       during_inference=val(q, ("sample_strategy_during_inference",), Q.during_inference),
                       fixed=num(val(q, ("fixed", "task_loss_requirement"), Q.fixed),

@@ -145,3 +145,15 @@ def test_no_argument_generate_follows_the_config(tiny_pv):
   out = sm.generate(pv, **kw)
   assert out["num_gazing_each_frame"].tolist() == np.maximum(1, pre).tolist()
   assert out["has_task_loss_requirement"] is False and not out["if_padded_gazing"].any()
+
+
+def test_grpo_rollout_capacity_is_the_largest_drawable_budget():
+  from autogaze_jax.train.grpo import rollout_capacity
+  recipe = S.SamplingConfig(S.RatioSampling(fixed=0.75), S.FrameSampling(during_training="self"))
+  assert rollout_capacity(recipe, 265) == 198                        # the official int(0.75 * 265)
+  assert rollout_capacity(S.SamplingConfig(S.RatioSampling(during_training="exponential", exponential_max=0.4)),
+                          265) == 106
+  assert rollout_capacity(S.SamplingConfig(frame=S.FrameSampling(during_training="dirichlet")), 196) == 196
+  # null flags are the official falsy "no requirement"
+  assert not S.SamplingConfig.from_official_dict({"has_task_loss_requirement_during_inference": None}
+                                                 ).requirement.has_during_inference
