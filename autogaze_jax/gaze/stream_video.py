@@ -27,8 +27,7 @@ import numpy as np
 
 from autogaze_jax.gaze.generate import generate
 from autogaze_jax.gaze.preprocess import check_frames
-from autogaze_jax.gaze.tiling import (VideoTiling, clip_video, kept_ratio_per_frame, merge_tile_masks, prepare_frames,
-                                      tile_video)
+from autogaze_jax.gaze.tiling import VideoTiling, clip_video, kept_ratio_per_frame, merge_tile_masks, prepare_frames
 
 VIDEO_EXTS = (".mp4", ".webm", ".mov", ".mkv", ".avi")
 # Why a video could not be gazed at all (a counted skip in dataset runs).
@@ -146,49 +145,75 @@ class _Chunk:
   tiles: np.ndarray         # float32 (nh*nw, clip_len, 3, tile, tile)
   tiling: VideoTiling       # of this chunk alone (nt = 1)
   results: list
+  batched: int = 0
 
 
 def _prefetched(gen: Iterator, depth: int) -> Iterator:
-  """Run `gen` on a thread, `depth` items ahead (decoding overlaps the device). Exceptions are
-  re-raised here; closing this generator stops the thread."""
-  if depth <= 0:
+  """Run `gen` on a thread so that the next items are produced while the consumer works on this one.
+  At most `depth` items are alive at once, counting the one the consumer holds: a slot is freed when
+  the consumer asks for the next item (depth 2 = one chunk gazed while the next is decoded). Exceptions
+  are re-raised here; closing this generator stops the thread."""
+  if depth <= 1:
     yield from gen
     return
-  q: queue.Queue = queue.Queue(maxsize=depth)
+  q: queue.Queue = queue.Queue()
+  slots = threading.Semaphore(depth)
   stop = threading.Event()
   done = object()
 
-  def put(item):
+  def acquire():
     while not stop.is_set():
-      try:
-        q.put(item, timeout=0.1)
+      if slots.acquire(timeout=0.1):
         return True
-      except queue.Full:
-        pass
     return False
 
   def work():
     try:
-      for item in gen:
-        if not put((item, None)):
+      while acquire():
+        try:
+          item = next(gen)
+        except StopIteration:
+          q.put((done, None))
           return
-      put((done, None))
+        q.put((item, None))
     except BaseException as e:  # noqa: BLE001  handed to the consumer
-      put((done, e))
+      q.put((done, e))
 
   th = threading.Thread(target=work, daemon=True, name="gaze-prefetch")
   th.start()
   try:
+    first = True
     while True:
+      if not first:
+        slots.release()       # the consumer is done with the previous item
+      first = False
       item, err = q.get()
       if item is done:
         if err is not None:
           raise err
         return
       yield item
+      del item
   finally:
     stop.set()
     th.join(timeout=5)
+
+
+def native_tiles(frames: np.ndarray, processor, clip_len: int, tile: int):
+  """uint8 (n, H, W, 3), n <= clip_len -> normalised tiles (nh*nw, clip_len, 3, tile, tile) and the chunk's
+  tiling: equal to `tiling.tile_video(processor.normalize(frames))` (zero padding in normalised space,
+  the last frame repeated) but normalised tile by tile into the output, without the whole-chunk float32
+  copies."""
+  n, h, w, _ = frames.shape
+  nh, nw = -(-h // tile), -(-w // tile)
+  out = np.zeros((nh * nw, clip_len, 3, tile, tile), np.float32)
+  for r in range(nh):
+    for c in range(nw):
+      sub = frames[:, r * tile:(r + 1) * tile, c * tile:(c + 1) * tile]
+      out[r * nw + c, :n, :, :sub.shape[1], :sub.shape[2]] = processor.normalize(sub)
+  if n < clip_len:
+    out[:, n:] = out[:, n - 1:n]
+  return out, VideoTiling(n, h, w, clip_len, tile, 1, nh, nw)
 
 
 class VideoGazeStream:
@@ -239,21 +264,24 @@ class VideoGazeStream:
     tile = self.model.cfg.input_img_size
     start = 0
     for k, raw in enumerate(self._raw_chunks()):
-      model_in, canvas = prepare_frames(check_frames(raw), self.model.processor, self.resize, tile)
-      pv = self.model.processor.normalize(model_in)
-      if self.resize == "native":
-        tiles, tl = tile_video(pv, self.clip_len, tile)
-      else:
-        tiles, tl = clip_video(pv, self.clip_len, tile)
-      del pv, model_in
       if k == 0:
         self.input_size = tuple(raw.shape[1:3])
+      model_in, canvas = prepare_frames(check_frames(raw), self.model.processor, self.resize, tile)
+      if self.resize == "native":
+        tiles, tl = native_tiles(model_in, self.model.processor, self.clip_len, tile)
+      else:
+        tiles, tl = clip_video(self.model.processor.normalize(model_in), self.clip_len, tile)
+      del model_in, raw
       yield _Chunk(k, start, canvas, tiles, tl, [None] * tiles.shape[0])
-      start += raw.shape[0]
+      start += tl.frames
 
   # -- device side
   def _run(self, batch: list[tuple[_Chunk, int]], bt: int):
-    x = np.stack([c.tiles[i] for c, i in batch])
+    c0, i0 = batch[0]
+    if all(c is c0 and i == i0 + j for j, (c, i) in enumerate(batch)):
+      x = c0.tiles[i0:i0 + len(batch)]        # no host copy: the device transfer is the only one
+    else:
+      x = np.stack([c.tiles[i] for c, i in batch])
     real = x.shape[0]
     if real < bt:   # one program shape: pad with repeats, drop their outputs
       x = np.concatenate([x, np.repeat(x[-1:], bt - real, axis=0)])
@@ -265,6 +293,9 @@ class VideoGazeStream:
     out = generate(self.model, x, self.gazing_ratio, self.task_loss_requirement, **self.gen_kw)
     for j, (c, i) in enumerate(batch):
       c.results[i] = take_sample(out, j)
+      c.batched += 1
+      if c.batched == len(c.results):
+        c.tiles = None                         # every tile gazed: free the chunk's float32 tiles now
     self.tiles_done += real
     if self.on_batch is not None:
       self.on_batch(time.perf_counter() - t0, real)
