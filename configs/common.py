@@ -53,8 +53,12 @@ def optimizer_config(name="adam", lr=5e-4, schedule="linear", min_lr=1e-5) -> ml
 
 
 def train_config(steps: int) -> mlc.ConfigDict:
+  """val_every: steps between validations on `val_clips` held-out clips of the data's val split (0 = off;
+  NTP needs labels for them); GRPO's held-out rollouts stop at the task-loss threshold `val_threshold`,
+  capped at gaze ratio `val_max_ratio`."""
   return mlc.ConfigDict({"num_steps": steps, "log_every": 10, "ckpt_every": 500, "keep_checkpoints": 2,
-                         "picture_every": 0, "picture_ratio": 0.1, "seed": 666})
+                         "picture_every": 0, "picture_ratio": 0.1, "seed": 666,
+                         "val_every": 0, "val_clips": 8, "val_threshold": 0.7, "val_max_ratio": 0.75})
 
 
 def model_config(size: str = "default") -> mlc.ConfigDict:

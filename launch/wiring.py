@@ -29,9 +29,16 @@ def train(config, workdir: str, stop_after: int | None = None, allow_config_chan
   data = train_input.make_train_iterator(config, workdir, with_labels=algo.needs_labels,
                                          process_index=jax.process_index(), barrier=barrier)
   frames = train_input.validation_clip(config) if config.train.picture_every else None
+  val = None
+  if config.train.get("val_every", 0):   # the fixed held-out set of train.val_every
+    from data_pipelines import validation
+    try:
+      val = validation.validation_batches(config, workdir, with_labels=algo.needs_labels)
+    except validation.NoHeldOutLabels as e:
+      raise loop.ConfigError(str(e)) from None
   try:
     return loop.run(config, workdir, data, picture_frames=frames, stop_after=stop_after,
-                    allow_config_change=allow_config_change)
+                    allow_config_change=allow_config_change, val_batches=val)
   finally:
     data.log_stats()
 

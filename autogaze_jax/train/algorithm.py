@@ -75,6 +75,21 @@ class Algorithm(Protocol):
   def export(self, config, graphdef, params, workdir: str) -> None:
     """Write the final model in its official format to WORKDIR/export."""
 
+  # validation (train.val_every): the loop jits `make_eval`'s step, sums its outputs over the held-out
+  # batches and logs `val_metrics(sums, num_batches)` as val_<name>; `val_best` = (val_<name>, min|max)
+  val_best: tuple[str, str]
+
+  def make_eval(self, config, models: Models) -> Callable | None:
+    """`eval_step(params, batch, rng, frozen) -> {name: array}` on one held-out batch, or None."""
+
+  def val_metrics(self, sums: dict, num_batches: int) -> dict:
+    """Batch sums of the eval step's outputs -> {name: float}."""
+
+
+def mean_over_batches(sums: dict, num_batches: int) -> dict:
+  """The default `val_metrics`: every output is a per-batch mean, averaged over the (equal) batches."""
+  return {k: float(np.asarray(v)) / num_batches for k, v in sums.items() if np.ndim(v) == 0}
+
 
 def gaze_config(config) -> GazeConfig:
   """The run's GazeConfig: size, architecture overrides and sampling of `config.model` (ConfigError

@@ -28,7 +28,7 @@ from autogaze_jax.gaze import sampling as S
 from autogaze_jax.gaze.rollout import RolloutSpec, slot_ids, rollout_frames
 from autogaze_jax.judge.load import load_judge
 from autogaze_jax.judge.losses import reconstruction_task
-from autogaze_jax.train.algorithm import GazeModelAlgorithm, Models, gaze_config, validate_judge
+from autogaze_jax.train.algorithm import GazeModelAlgorithm, Models, gaze_config, mean_over_batches, validate_judge
 from autogaze_jax.train.ntp import NORM_EPS
 from autogaze_jax.train.state import ConfigError, TrainState, apply_update
 
@@ -202,3 +202,41 @@ class GRPO(GazeModelAlgorithm):
     return make_train_step(models.graphdef, models.frozen_graphdef, tx, cfg=g, sampling=gcfg.sampling,
                            schedule=schedule)
 
+  # ---- validation: greedy held-out rollouts stopped at train.val_threshold, scored by the judge ----
+  val_best = ("val_reward", "max")
+
+  def make_eval(self, config, models: Models):
+    gcfg = gaze_config(config)
+    v = gcfg.num_vision_tokens_each_frame
+    cap = max(1, int(round(config.train.val_max_ratio * v)))
+    tps = config.grpo.get("tokens_per_step", 0) or gcfg.decoder.num_multi_token_pred
+    return make_eval_step(models.graphdef, models.frozen_graphdef, capacity=cap, tokens_per_step=tps,
+                          threshold=config.train.val_threshold)
+
+  def val_metrics(self, sums, num_batches):
+    return mean_over_batches(sums, num_batches)
+
+
+def make_eval_step(gaze_graphdef, mae_graphdef, *, capacity: int, tokens_per_step: int, threshold: float):
+  """`eval_step(params, batch, rng, frozen) -> metrics` of one held-out batch: a greedy rollout per video
+  (budget `capacity` tokens per frame, each frame stopped once the task-loss head predicts <= threshold)
+  scored on every frame by the frozen judge: reward (= -loss), the loss terms and the gaze ratio."""
+
+  def eval_step(params, batch, rng, frozen):
+    model = nnx.merge(gaze_graphdef, params)
+    video = batch["video"]
+    b, t = video.shape[:2]
+    vis, _ = model.embed_video(video)
+    spec = RolloutSpec(capacity=capacity, tokens_per_step=tokens_per_step, max_frames=t, sample=False,
+                       use_threshold=True)
+    _, ro = rollout_frames(model, vis, jnp.full((b, t), capacity, jnp.int32), jnp.full((b, t), threshold, jnp.float32),
+                           1.0, rng, spec)
+    gp, pad = (x.reshape(b, -1) for x in slot_ids(ro["tokens"], ro["length"], model.cfg.num_vision_tokens_each_frame))
+    counts = (ro["tokens"].shape[-1],) * t
+    task = reconstruction_task(mae_graphdef, frozen["videomae"], video, gp, pad, jnp.asarray(counts), jnp.arange(t),
+                               frozen["perceptual"], static_counts=counts)
+    return {"reward": jnp.mean(task["reward"]), "reconstruction_loss": task["reconstruction_loss"],
+            "gaze_ratio": task["avg_gazing_ratio_per_frame"].astype(jnp.float32),
+            **{f"loss_{k}": jnp.mean(v) for k, v in task["loss_terms"].items()}}
+
+  return eval_step

@@ -179,3 +179,28 @@ class JudgeTraining:
     out = os.path.join(workdir, "export")
     save_checkpoint(out, nnx.merge(graphdef, params).cfg, jax.tree.map(np.asarray, params.to_pure_dict()))
     logging.info("exported the VideoMAE (official task-model format) to %s", out)
+
+  # ---- validation: the judge's loss on held-out clips under fixed random gaze masks ----
+  val_best = ("val_loss", "min")
+
+  def make_eval(self, config, models: Models):
+    return make_eval_step(self.train_config(config), models.graphdef)
+
+  def val_metrics(self, sums, num_batches):
+    return {k: float(v) / num_batches for k, v in sums.items()}
+
+
+def make_eval_step(cfg: VideoMAETrainConfig, graphdef):
+  """`eval_step(params, batch, rng, perceptual) -> metrics`: random gaze masks drawn from `rng` (the loop
+  fixes it per held-out batch, so every validation scores the same masks), every frame reconstructed."""
+
+  def eval_step(params, batch, rng, perceptual=None):
+    video = batch["video"]
+    b, t = video.shape[:2]
+    gazing_pos, if_padded, counts = random_gaze(cfg, rng, b, t)
+    out = reconstruction_task(graphdef, params, video, gazing_pos, if_padded, counts, jnp.arange(t), perceptual,
+                              static_counts=cfg.slots_per_frame(t))
+    return {"loss": jnp.mean(out["loss_mean"]), "gaze_ratio": out["avg_gazing_ratio_per_frame"].astype(jnp.float32),
+            **{f"loss_{k}": jnp.mean(v) for k, v in out["loss_terms"].items()}}
+
+  return eval_step

@@ -65,6 +65,11 @@ def validate(config) -> None:
   if config.train.picture_every < 0 or not 0 < config.train.picture_ratio <= 1:
     raise ConfigError(f"config.train.picture_every = {config.train.picture_every} must be >= 0 and "
                       f"config.train.picture_ratio = {config.train.picture_ratio} in (0, 1]")
+  if config.train.get("val_every", 0) < 0 or config.train.get("val_clips", 1) < 1:
+    raise ConfigError(f"config.train.val_every = {config.train.get('val_every')} must be >= 0 (0 = off) and "
+                      f"config.train.val_clips = {config.train.get('val_clips')} >= 1")
+  if not 0 < config.train.get("val_max_ratio", 1.0) <= 1:
+    raise ConfigError(f"config.train.val_max_ratio = {config.train.get('val_max_ratio')} must be in (0, 1]")
   if config.data.source not in ("synthetic", "folder", "arrayrecord"):
     raise ConfigError(f"config.data.source = {config.data.source!r}: choose synthetic, folder or arrayrecord")
   if config.data.source != "synthetic" and not config.data.path:
@@ -121,7 +126,8 @@ def _match_param_shardings(opt_state, default, params, p_shard):
 # Keys a resumed run may change: the horizon (the schedule follows num_steps), logging, checkpoint
 # and picture intervals, worker count, and the mesh (the restore reshards onto the new one).
 SAFE_ON_RESUME = ("train.num_steps", "train.log_every", "train.ckpt_every", "train.keep_checkpoints",
-                  "train.picture_every", "train.picture_ratio", "data.num_workers", "mesh.")
+                  "train.picture_every", "train.picture_ratio", "data.num_workers", "mesh.",
+                  "train.val_every", "train.val_clips", "train.val_threshold", "train.val_max_ratio")
 
 
 class WorkdirInUse(ConfigError):
@@ -319,13 +325,15 @@ def _restore(mngr, step: int, abstract_state, it):
 
 
 def run(config, workdir: str, data, *, picture_frames: np.ndarray | None = None,
-        stop_after: int | None = None, allow_config_change: bool = False) -> dict:
+        stop_after: int | None = None, allow_config_change: bool = False, val_batches=None) -> dict:
   """Train `config.algorithm` in `workdir` (resuming if it holds a checkpoint). Returns final metrics.
 
   data: iterator of this host's batches (numpy dicts holding the algorithm's `batch_keys`) that
   checkpoints through grain's orbax handler (`get_state`/`set_state`, e.g. `data_pipelines.pipeline.
   DataIterator`); it is saved and restored with the train state.
   picture_frames: (T, H, W, 3) uint8 validation clip for the periodic pictures (None: no pictures).
+  val_batches: host batches of the fixed held-out set (the algorithm's `batch_keys`), validated every
+  `config.train.val_every` steps (see `_validation`); None or val_every 0: no validation.
   stop_after: leave after this many steps of *this* process (with a checkpoint), as a preemption would;
   the schedule still follows config.train.num_steps, so a later run continues exactly.
   The result's "preempted" is True when SIGTERM stopped the run (the entry point then exits 143).
@@ -348,13 +356,74 @@ def run(config, workdir: str, data, *, picture_frames: np.ndarray | None = None,
           f.write(json.dumps({"time": time.time(), "changed": changes}) + "\n")
       with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    return _train(config, workdir, data, picture_frames, stop_after)
+    return _train(config, workdir, data, picture_frames, stop_after, val_batches)
   finally:
     if lock is not None:
       lock.close()       # closing the file releases the flock
 
 
-def _train(config, workdir, data, picture_frames, stop_after) -> dict:
+def _best_logged(path: str, key: str, mode: str):
+  """(step, value) of the best `key` in a metrics.jsonl (a resumed run continues its best), or None."""
+  best = None
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    for line in f:
+      try:
+        v = json.loads(line).get(key)
+        step = json.loads(line)["step"]
+      except (ValueError, KeyError, AttributeError):
+        continue
+      if isinstance(v, (int, float)) and (best is None or (v < best[1] if mode == "min" else v > best[1])):
+        best = (step, float(v))
+  return best
+
+
+def _validation(config, algo, models, val_batches, frozen, mesh, workdir: str, is_main: bool):
+  """`validate(params, step) -> {val_<metric>: float, val_best_step}` over the fixed held-out batches, or
+  None when off. The algorithm's `make_eval` step runs jitted per batch (its rng fixed per batch, so every
+  validation sees the same draws); `val_metrics` turns the batch sums into metrics; the best step of
+  `algo.val_best` (read back from metrics.jsonl on resume) is kept in WORKDIR/val_best.json."""
+  every = config.train.get("val_every", 0)
+  if not every or not val_batches:
+    return None
+  eval_step = algo.make_eval(config, models)
+  if eval_step is None:
+    return None
+  key, mode = algo.val_best
+  seed = config.train.seed
+
+  def evaluate(params, batch, rng, frozen):
+    batch = dict(batch)
+    batch["video"] = normalize_on_device(batch.pop("frames"))
+    return eval_step(params, batch, rng, frozen)
+  jitted = jax.jit(evaluate)
+  placed = [shd.shard_batch({k: b[k] for k in algo.batch_keys}, mesh) for b in val_batches]
+  best = _best_logged(os.path.join(workdir, "tb", "metrics.jsonl"), key, mode)
+
+  def validate(params, step: int) -> dict:
+    nonlocal best
+    t0 = time.perf_counter()
+    sums = None
+    for i, b in enumerate(placed):
+      out = host_local(jitted(params, b, jax.random.fold_in(jax.random.key(seed + 1), i), frozen))
+      sums = out if sums is None else jax.tree.map(np.add, sums, out)
+    val = {f"val_{k}": float(v) for k, v in algo.val_metrics(sums, len(placed)).items()}
+    v = val.get(key)
+    if v is not None and np.isfinite(v) and (best is None or (v < best[1] if mode == "min" else v > best[1])):
+      best = (step, v)
+      if is_main:
+        with open(os.path.join(workdir, "val_best.json"), "w") as f:
+          json.dump({"step": step, "metric": key, "mode": mode, "value": v}, f)
+    if best is not None:
+      val["val_best_step"] = float(best[0])
+    logging.info("[validation] step %d on %d batches (%.1fs): %s", step, len(placed), time.perf_counter() - t0,
+                 " | ".join(f"{k}={x:.4g}" for k, x in val.items()))
+    return val
+  return validate
+
+
+def _train(config, workdir, data, picture_frames, stop_after, val_batches=None) -> dict:
   algo = registry.ALGORITHMS[config.algorithm]
   is_main = jax.process_index() == 0
 
@@ -420,6 +489,7 @@ def _train(config, workdir, data, picture_frames, stop_after) -> dict:
   writer = MetricWriter(os.path.join(workdir, "tb"), enabled=is_main, resume_step=start)
   progress = Progress(config.train.num_steps, config.train.log_every, config.data.global_batch_size,
                       config.algorithm, start)
+  validation = _validation(config, algo, models, val_batches, frozen, mesh, workdir, is_main)
   stop = _install_sigterm()
   metrics, batch = {}, first
   step = start
@@ -435,7 +505,10 @@ def _train(config, workdir, data, picture_frames, stop_after) -> dict:
       check_finite(step, m, algo.finite_keys)
       m["step_time_s"] = time.perf_counter() - t_step
       metrics = m
-      if step % config.train.log_every == 0 or step == config.train.num_steps:
+      val_now = validation is not None and step % config.train.val_every == 0
+      if val_now:   # held-out metrics share the step's row (metrics.jsonl, TensorBoard)
+        m = {**m, **validation(state.params, step)}
+      if val_now or step % config.train.log_every == 0 or step == config.train.num_steps:
         writer.write_scalars(step, m)
         progress(step, {k: m[k] for k in algo.progress_keys if k in m}, force=True)
       if stop_after is not None and step - start >= stop_after:

@@ -15,6 +15,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+import numpy as np
+
+from autogaze_jax.gaze.model import sequence_layout
 from autogaze_jax.train.algorithm import GazeModelAlgorithm, Models, gaze_config
 from autogaze_jax.train.state import ConfigError, TrainState, apply_update
 
@@ -80,3 +83,48 @@ class NTP(GazeModelAlgorithm):
   def make_step(self, config, models: Models, tx, schedule):
     counts = (config.data.max_tokens_per_frame + 1,) * gaze_config(config).max_num_frames
     return make_train_step(models.graphdef, tx, counts, schedule, config.ntp.optimize_task_loss_prediction)
+
+  # ---- validation: held-out teacher-forced losses and the per-head top-1 accuracy ----
+  val_best = ("val_loss", "min")
+
+  def make_eval(self, config, models: Models):
+    counts = (config.data.max_tokens_per_frame + 1,) * gaze_config(config).max_num_frames
+    return make_eval_step(models.graphdef, counts, config.ntp.optimize_task_loss_prediction)
+
+  def val_metrics(self, sums, num_batches):
+    out = {k: float(v) / num_batches for k, v in sums.items() if k not in ("head_hits", "head_count")}
+    hits, count = np.asarray(sums["head_hits"]), np.asarray(sums["head_count"])
+    out["accuracy"] = float(hits.sum() / max(count.sum(), 1))
+    out.update({f"head{k}_accuracy": float(hits[k] / count[k]) for k in range(len(count)) if count[k]})
+    return out
+
+
+def make_eval_step(graphdef, num_gazing_each_frame: tuple[int, ...], optimize_task_loss_prediction: bool = True):
+  """`eval_step(params, batch, rng, frozen) -> metrics` of one labelled held-out batch: the training
+  losses (no update) and, per multi-token head k, how many real label tokens it scores (head_count) and
+  ranks first among all ids (head_hits: the top-1 accuracy of the head that predicts the k-th token of
+  a decoder step)."""
+  counts = tuple(int(n) for n in num_gazing_each_frame)
+
+  def eval_step(params, batch, rng=None, frozen=None):
+    del rng, frozen
+    model = nnx.merge(graphdef, params)
+    cfg = model.cfg
+    out = model.teacher_forced(batch["video"], batch["gazing_pos"], batch["if_padded_gazing"], counts, debug=True)
+    terms = ntp_losses(out["log_action_probs"], out["task_loss_prediction"], batch["if_padded_gazing"],
+                       batch["task_losses"], optimize_task_loss_prediction=optimize_task_loss_prediction)
+    k = cfg.decoder.num_multi_token_pred
+    lay = sequence_layout(cfg.num_frame_tokens, k, counts)
+    b = batch["video"].shape[0]
+    logits = out["logits_at_sources"].reshape(b, len(lay.sources), k, -1)[:, lay.src_in_sources, lay.src_head]
+    label = batch["gazing_pos"] - cfg.num_vision_tokens_each_frame * jnp.asarray(lay.slot_frame)[None]
+    real = ~batch["if_padded_gazing"]
+    hit = (jnp.argmax(logits, axis=-1) == label) & real                        # (B, N)
+    head = jax.nn.one_hot(jnp.asarray(lay.src_head), k, dtype=jnp.float32)      # (N, K)
+    res = {name: jnp.mean(v) for name, v in terms.items()}
+    res["token_prob"] = jnp.sum(jnp.exp(out["log_action_probs"]) * real) / jnp.maximum(jnp.sum(real), 1)
+    res["head_hits"] = jnp.einsum("bn,nk->k", hit.astype(jnp.float32), head)
+    res["head_count"] = jnp.einsum("bn,nk->k", real.astype(jnp.float32), head)
+    return res
+
+  return eval_step

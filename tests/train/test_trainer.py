@@ -279,3 +279,23 @@ def test_write_error_names_path_free_space_and_last_checkpoint(tmp_path):
                   r"free there\); no complete checkpoint was written$", str(e)), str(e)
   e = loop._write_error(PermissionError(errno.EACCES, "Permission denied"), str(ckpts), step=9)
   assert "failed: PermissionError: [Errno 13] Permission denied (" in str(e) and "is step 5" in str(e)
+
+
+def test_validation_logs_at_val_every_and_a_resumed_run_continues_it(tmp_path):
+  """train.val_every = 2 on 2 held-out clips: NTP's held-out loss and per-head accuracy share the rows of
+  steps 2 and 4; a run stopped at step 2 and resumed keeps the step-2 row and its best step."""
+  cfg = _cfg(**{"train.val_every": 2, "train.val_clips": 2})
+  wd = str(tmp_path)
+  train(cfg, wd, stop_after=2)
+  train(cfg, wd)
+  rows = [json.loads(l) for l in open(os.path.join(wd, "tb", "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == [1, 2, 3, 4]
+  val = {r["step"]: r for r in rows if "val_loss" in r}
+  assert sorted(val) == [2, 4]
+  for r in val.values():
+    assert np.isfinite(r["val_loss"]) and 0 <= r["val_accuracy"] <= 1 and "val_head0_accuracy" in r
+    assert r["val_loss"] == pytest.approx(r["val_ntp_loss"] + r["val_task_loss_prediction_loss"], rel=1e-5)
+  best = min(val, key=lambda s: val[s]["val_loss"])
+  assert val[4]["val_best_step"] == best      # the resumed run compared against step 2's logged value
+  assert json.load(open(os.path.join(wd, "val_best.json")))["step"] == best
+  assert os.path.exists(os.path.join(wd, "toy_val_labels.json"))   # plumbing labels of the val clips
