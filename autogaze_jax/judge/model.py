@@ -24,9 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from autogaze_jax.core.layers import Dense, LayerNorm, block_weights, dense, layer_norm, slot_frames, transformer_block
+from autogaze_jax.core.layers import (Dense, LayerNorm, attend, block_weights, dense, layer_norm, slot_frames,
+                                      transformer_block)
 from autogaze_jax.core.flash_attention import flash_attention
-from autogaze_jax.judge.segment_attention import segment_attention
+from autogaze_jax.judge.segment_attention import segment_mask, segment_attention
 from autogaze_jax.core.resize import bicubic_matrix, resize_bicubic
 from autogaze_jax.judge.config import VideoMAEConfig
 
@@ -141,6 +142,11 @@ def _block(w, x, q_seg, k_valid, self_edge, *, heads, eps, dtype, attn_impl, att
   length = x.shape[1]
 
   def attention(q, k, v):
+    if attn_impl == "flash" and length <= 2 * attn_block:
+      # short (the encoder's cls + gazed slots): one masked softmax. Flash would pad to whole tiles
+      # and visit all of them anyway (417 rows -> 528^2 scores instead of 417^2) inside a loop.
+      mask = segment_mask(q_seg, q_seg, k_valid, self_edge, jnp.arange(length), length)
+      return attend(q, k, v, mask)
     if attn_impl == "flash":   # tiles skip the block-causal upper triangle by themselves: no groups needed
       return flash_attention(q, k, v, q_seg[0], q_seg[0], k_valid, block=attn_block, self_edge=self_edge)
     att = lambda s, e, ke: segment_attention(  # noqa: E731
@@ -309,13 +315,22 @@ def decode(model: VideoMAE, enc, ids, real, seg, frame_idx_to_reconstruct, num_f
   x = jnp.concatenate([cls, slots, full], axis=1)
 
   in_r = jnp.any(seg[:, None] == r_idx[None, :], axis=1)
-  q_seg = _seg_rows(cfg, b, jnp.concatenate([jnp.full((1,), -1, jnp.int32), seg, frames]))
+  row_seg = jnp.concatenate([jnp.full((1,), -1, jnp.int32), seg, frames])
   k_valid = jnp.concatenate([jnp.ones((b, 1), bool), real & ~in_r[None], jnp.ones((b, nr * v), bool)], axis=1)
-  groups = None
-  if cfg.causal:
+  groups, order = None, None
+  if cfg.causal and cfg.resolved_attn_impl == "flash":
+    # Flash skips the key tiles of later frames when frame ids are non-decreasing along the rows: put
+    # the rows in frame order (cls, then per frame its slots and its reconstructed rows). Without it
+    # the slot rows (all frames) sit in the first query tiles, which then visit every key tile.
+    order = jnp.argsort(row_seg, stable=True)
+    x, row_seg, k_valid = x[:, order], row_seg[order], k_valid[:, order]
+  elif cfg.causal:
     s0 = 1 + n
     groups = ((0, s0, s0 + nr * v),) + tuple((s0 + j * v, s0 + (j + 1) * v, s0 + (j + 1) * v) for j in range(nr))
-  x = _run_blocks(cfg, dec.decoder_layers, x, q_seg, k_valid, None, cfg.decoder_num_attention_heads, groups)
+  x = _run_blocks(cfg, dec.decoder_layers, x, _seg_rows(cfg, b, row_seg), k_valid, None,
+                  cfg.decoder_num_attention_heads, groups)
+  if order is not None:
+    x = x[:, jnp.argsort(order)]
 
   x = x[:, 1 + n:].reshape(b, nr, v, dd)[:, rank, cfg.scale_offsets[-1]:]   # only 224-scale rows are kept
   x = layer_norm(x, dec.decoder_norm.scale[...], dec.decoder_norm.bias[...], cfg.layer_norm_eps)
@@ -378,3 +393,32 @@ def check_gaze_inputs(gazing_pos, if_padded_gazing, num_gazing_each_frame, num_f
     fr = np.asarray(frame_idx_to_reconstruct)
     if ((fr < 0) | (fr >= num_frames)).any():
       raise ValueError(f"frame_idx_to_reconstruct {fr.tolist()} has entries outside [0, {num_frames})")
+
+
+def forward_flops(cfg: VideoMAEConfig, num_gazing_each_frame, frame_idx_to_reconstruct, real_slots=None) -> dict:
+  """Matmul FLOPs of one clip's forward (host-side, for benchmarks): the work the official forward
+  needs for this result. Encoder over cls + the N slots, decoder over cls + the slots of the other
+  frames + V rows per reconstructed frame (the official decoder's rows), attention over the visible
+  (block-causal, valid) key of every query only, patch embedding and read-out head included.
+
+  num_gazing_each_frame (T,) slot counts; frame_idx_to_reconstruct (R,); real_slots (T,) real (not
+  padded) slots per frame, default all. Returns {"encoder", "decoder", "total"} in FLOPs (float).
+  """
+  cnt = np.asarray(num_gazing_each_frame, np.int64)
+  real = cnt if real_slots is None else np.asarray(real_slots, np.int64)
+  r = np.zeros(cnt.shape, bool)
+  r[np.asarray(frame_idx_to_reconstruct, np.int64)] = True
+  v, d, dd = cfg.tokens_per_frame, cfg.hidden_size, cfg.decoder_hidden_size
+
+  def stack(rows, keys, width, ffn, layers):
+    # rows[f] queries of frame f each see cls + the valid keys of frames <= f; cls sees itself
+    pairs = 1 + float(np.sum(rows * (1 + np.cumsum(keys))))
+    n = 1 + float(np.sum(rows))
+    return layers * (2 * n * (4 * width * width + 2 * width * ffn) + 4 * pairs * width)
+
+  enc = 2 * float(cnt.sum()) * cfg.patch_dim * d + stack(cnt, real, d, cfg.intermediate_size, cfg.num_hidden_layers)
+  rows = np.where(r, v, cnt)
+  dec = (2 * (1 + float(cnt.sum())) * d * dd
+         + stack(rows, np.where(r, v, real), dd, cfg.decoder_intermediate_size, cfg.decoder_num_hidden_layers)
+         + 2 * float(r.sum()) * cfg.grid ** 2 * dd * cfg.patch_dim)
+  return {"encoder": enc, "decoder": dec, "total": enc + dec}

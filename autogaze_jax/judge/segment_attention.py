@@ -18,11 +18,11 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_seg: jax.Array
   `jax.nn.dot_product_attention` call with a boolean mask (B,1,Lq,Lk), for accelerators whose fused
   kernels take a mask (cuDNN, TPU); on CPU the judge uses the tiled `core.flash_attention` instead.
   """
-  mask = _segment_mask(q_seg, k_seg, k_valid, self_edge, q_offset + jnp.arange(q.shape[1]), k.shape[1])
+  mask = segment_mask(q_seg, k_seg, k_valid, self_edge, q_offset + jnp.arange(q.shape[1]), k.shape[1])
   return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])
 
 
-def _segment_mask(q_seg, k_seg, k_valid, self_edge, q_pos, lk):
+def segment_mask(q_seg, k_seg, k_valid, self_edge, q_pos, lk):
   """(B,Lq,Lk) bool visibility; see `segment_attention`."""
   m = (k_seg[:, None, :] <= q_seg[:, :, None]) & k_valid[:, None, :]
   if self_edge is not None:

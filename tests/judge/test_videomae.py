@@ -103,15 +103,17 @@ def test_static_counts_same_outputs():
   np.testing.assert_allclose(np.asarray(out["reconstruction"]), ref["reconstruction"], atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["dot_product"])
-def test_attention_impls_same_outputs(impl):
-  """Every attention implementation (default "auto" = flash on CPU) gives the same model outputs."""
+@pytest.mark.parametrize("impl,block", [("dot_product", 264), ("flash", 16)])
+def test_attention_impls_same_outputs(impl, block):
+  """Every attention implementation (default "auto" = flash on CPU) gives the same model outputs. The
+  fixture runs flash with 264-row tiles (its 123-row encoder: one masked softmax; decoder: frame-ordered
+  tiles); 16-row tiles take the tiled path in the encoder too (self edges of padded rows)."""
   import dataclasses
   from flax import nnx
   cfg, g, p, _ = _model()
-  assert cfg.resolved_attn_impl == "flash"
+  assert cfg.resolved_attn_impl == "flash" and cfg.attn_block == 264
   model = nnx.merge(g, p)
-  model.cfg = dataclasses.replace(cfg, attn_impl=impl)
+  model.cfg = dataclasses.replace(cfg, attn_impl=impl, attn_block=block)
   g2, p2 = nnx.split(model)
   out = _task(g2, p2, *_inputs(), np.array([9, 2]))
   ref, _ = _fixture_run("recon_frames_9_2")
