@@ -9,8 +9,8 @@ useful GFLOP per clip (vision conv; decoder linears and attention over the visib
 token, the last layer for the read-out token only; heads once per step; see autogaze_jax/flops.py),
 achieved GFLOP/s and its fraction of an fp32 matmul peak measured in the same run (also `_all_rows`:
 the same with every fed token counted through every layer, the work the official generate does for
-this result), and the speedup over the official PyTorch generate (benchmarks/official_cpu.json; the
-sdpa variant where one was timed).
+this result), and `vs_official` = official / ours against the official PyTorch generate timed in this
+session (`--official=FILE`, see benchmarks/common.py; the sdpa variant where one was timed).
 """
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ def main():
   ap.add_argument("--cases", default="ratio0.1,thr0.7")
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--frames", type=int, default=16)
+  common.add_official_arg(ap)
   args = ap.parse_args()
+  official = common.load_official(args.official)
 
   cfg = GazeConfig()
   graphdef, params = init_params(cfg, 0)
@@ -66,13 +68,12 @@ def main():
       flops = rollout_flops(cfg, out["steps"], spec.tokens_per_step)
       flops_all = rollout_flops(cfg, out["steps"], spec.tokens_per_step, read_out_only=False)
       step = timing["median_s"]
-      base = common.baseline(BASELINE_KEYS.get((case, b), ""))
       results.append({"case": case, "batch": b, "compile_s": compile_s, **timing, "s_per_clip": step / b,
                       "gaze_tokens_per_s": real / step, "gflop_per_clip": flops / 1e9,
                       "achieved_gflops": b * flops / step / 1e9, "fraction_of_matmul_peak": b * flops / step / 1e9 / peak,
                       "gflop_per_clip_all_rows": flops_all / 1e9,
                       "fraction_of_matmul_peak_all_rows": b * flops_all / step / 1e9 / peak,
-                      "official_s": base, "speedup_vs_official": None if base is None else base / step})
+                      "loadavg": common.loadavg(), **common.vs_official(BASELINE_KEYS.get((case, b)), step, official)})
       common.emit(results[-1])
   common.emit({"benchmark": "rollout", "config": "default (3.26M params), random weights", "frames": t,
                "matmul_peak_gflops": peak, "env": common.env(), "results": results})
