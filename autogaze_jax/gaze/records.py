@@ -86,11 +86,18 @@ def chunk_arrays(chunk: dict) -> dict:
 
 
 class GazeWriter:
-  """Writes one video's records into `path` (created; must not hold complete records already)."""
+  """Writes one video's records into `path` (created). Records already there (an earlier run into the
+  same dir) are removed first, index.json before the chunks, so they never pass for the new ones."""
 
   def __init__(self, path: str):
     self.path = path
     os.makedirs(path, exist_ok=True)
+    old = os.path.join(path, INDEX_NAME)
+    if os.path.exists(old):
+      os.remove(old)
+    for f in os.listdir(path):
+      if f.endswith(".npz") and f.split("-")[0] in ("chunk", "vit"):
+        os.remove(os.path.join(path, f))
     self.chunks = 0
 
   def write_chunk(self, chunk: dict, vit: dict | None = None) -> None:
