@@ -10,9 +10,11 @@ Stages (each is also its own command; re-running skips stages whose outputs exis
   3. ntp        NTP on those labels                   (launch.train --config=configs/ntp.py:smoke)
   4. grpo       GRPO from the NTP model               (launch.train --config=configs/grpo.py:smoke)
   5. grpo_only  GRPO from scratch (for the table)
-  6. eval       on held-out clips: the paper's training-strategy table in miniature (gaze ratio needed
-                to reach the loss threshold for untrained / NTP / GRPO only / NTP+GRPO), gaze pictures,
-                and the official-format export of the final model (WORKDIR/grpo/export).
+  6. eval       on held-out clips (python -m launch.evaluate's evaluation): the paper's training-strategy
+                table in miniature (gaze ratio needed to reach the loss threshold for untrained / NTP /
+                GRPO only / NTP+GRPO), WORKDIR/eval/curves.png (fixed-budget and stop-rule curves, PSNR,
+                SSIM), analysis.png, report.json, pictures; the final model is WORKDIR/grpo/export.
+                Re-running with every training stage done re-runs this stage alone.
 The loss threshold is chosen for the small judge (the paper's 0.7 belongs to the full VideoMAE): by
 default the judge's mean loss on the held-out clips when shown a uniformly random 10% of the patches
 (`evaluate.random_gaze_loss`; the paper's 0.7 sits near a 10% gaze ratio too), so an untrained
@@ -46,10 +48,11 @@ THRESHOLD_RANDOM_RATIO = 0.1    # default threshold = judge loss at this ratio o
 def _sizes(scale: str) -> dict:
   if scale == "tiny":  # CI-sized: proves the chain, not the learning
     return dict(clips=12, mae_steps=6, mae_steps_scratch=6, label_clips=4, label_budget=4, cands=8, k=4, ntp_steps=3, ntp_batch=2,
-                grpo_steps=2, eval_clips=2, ratios=(0.05, 0.2, 0.75))
+                grpo_steps=2, eval_clips=2, ratios=(0.05, 0.2, 0.75), eval_thresholds=1, eval_pictures=1)
   # the README run: about 11 minutes on 2 CPU cores (budget: 20)
   return dict(clips=160, mae_steps=100, mae_steps_scratch=220, label_clips=32, label_budget=8, cands=16, k=8, ntp_steps=60, ntp_batch=8,
-              grpo_steps=20, eval_clips=4, ratios=(0.02, 0.04, 0.08, 0.15, 0.3, 0.6))
+              grpo_steps=20, eval_clips=4, ratios=(0.02, 0.04, 0.08, 0.15, 0.3, 0.6), eval_thresholds=2,
+              eval_pictures=1)
 
 
 def _train(cfg, workdir):
@@ -112,43 +115,47 @@ def run(workdir: str, scale: str = "smoke", threshold: float | None = None, eval
 
 
 def evaluate(workdir, mae_dir, s, threshold, n_clips) -> dict:
+  """The eval stage: `autogaze_jax.evaluation.report.evaluate_models` (as `python -m launch.evaluate`) on the
+  held-out clips for the four training strategies -> WORKDIR/eval/ (report.json, curves.png, analysis.png,
+  pictures/) and today's table (table.json + print). Sized by `_sizes` to keep the pipeline in budget."""
   from autogaze_jax import AutoGaze
-  from autogaze_jax.evaluation import viz
   from autogaze_jax.evaluation import evaluate as ev
+  from autogaze_jax.evaluation import report as rep
   from autogaze_jax.judge.load import load_judge
-  from autogaze_jax.core.patches import ScaleLayout
   from data_pipelines.pipeline import make_source
+  t0 = time.perf_counter()
   src = make_source("synthetic", split="val", synthetic_num_clips=s["clips"])
   frames = np.stack([src[i]["frames"] for i in range(min(n_clips, len(src)))])
   first = AutoGaze.from_pretrained(os.path.join(workdir, "ntp", "export"))
-  pv = np.stack([first.processor.normalize(f) for f in frames])
   judge = load_judge(mae_dir)
   if threshold is None:
+    pv = np.stack([first.processor.normalize(f) for f in frames])
     threshold = float(np.round(ev.random_gaze_loss(judge, pv, THRESHOLD_RANDOM_RATIO), 3))
   models = {"untrained": AutoGaze(first.cfg, seed=0),
             "NTP only": first,
             "GRPO only": AutoGaze.from_pretrained(os.path.join(workdir, "grpo_only", "export")),
             "NTP+GRPO": AutoGaze.from_pretrained(os.path.join(workdir, "grpo", "export"))}
-  table = {}
-  for name, m in models.items():
-    r = ev.ratio_at_loss(m, judge, pv, threshold, s["ratios"])
-    table[name] = {"gaze_ratio_at_threshold": r["gaze_ratio_at_threshold"], "curve": r["curve"]}
   out_dir = os.path.join(workdir, "eval")
-  os.makedirs(out_dir, exist_ok=True)
-  layout = ScaleLayout.from_gaze_config(first.cfg)
-  best = models["NTP+GRPO"]
-  for i in range(min(2, len(frames))):
-    g = best.generate(pv[i:i + 1], 0.1, None, generate_only=True)
-    over = viz.gaze_overlay(frames[i], g["gazing_pos"][0], g["if_padded_gazing"][0], layout)
-    viz.save_png_grid(os.path.join(out_dir, f"heldout_{i}.png"), [frames[i], over], ["clip", "NTP+GRPO gaze @0.1"])
-    viz.save_gif(os.path.join(out_dir, f"heldout_{i}.gif"), np.concatenate([frames[i], over], axis=2))
+  report = rep.evaluate_models(models, judge, frames, out_dir, ratios=s["ratios"], epsilon=threshold,
+                               num_thresholds=s["eval_thresholds"], pictures=s["eval_pictures"])
+  table = {name: {"gaze_ratio_at_threshold": _inf(row["ratio_at_epsilon_fixed"]),
+                  "curve": {p["ratio"]: {"loss": p["loss"], "gaze_ratio": p["gaze_ratio"]}
+                            for p in row["fixed_budget"]}}
+           for name, row in report["models"].items()}
   result = {"threshold": threshold, "paper_at_0.7": {"untrained": 0.263, "NTP only": 0.102, "GRPO only": 0.209,
                                                       "NTP+GRPO": 0.094}, "table": table,
+            "report": os.path.join(out_dir, "report.json"), "curves": os.path.join(out_dir, "curves.png"),
             "final_export": os.path.join(workdir, "grpo", "export")}
   with open(os.path.join(out_dir, "table.json"), "w") as f:
     json.dump(result, f, indent=1)
   print_table(result)
+  print(f"curves: {result['curves']}  (all numbers: {result['report']})", flush=True)
+  logging.info("stage eval done in %.0fs", time.perf_counter() - t0)
   return result
+
+
+def _inf(r):
+  return float("inf") if r is None else r
 
 
 def print_table(result: dict):
