@@ -24,9 +24,10 @@ import numpy as np
 from autogaze_jax.core.patches import ScaleLayout
 from autogaze_jax.evaluation import viz
 from autogaze_jax.evaluation.writers import _fmt
+from autogaze_jax.gaze.generate import check_ratio, check_threshold
 from autogaze_jax.gaze.records import GazeWriter, write_json_atomic
 from autogaze_jax.gaze.stream_video import REASONS, VideoError
-from autogaze_jax.gaze.tiling import tile_video
+from autogaze_jax.gaze.tiling import RESIZE_MODES, tile_video
 from autogaze_jax.labels.shards import append_batch, read_shard
 from autogaze_jax.vit.model import capacity_for_ratio, forward, pack_gaze
 from autogaze_jax.vit.pipeline import siglip_normalize
@@ -233,6 +234,12 @@ def gaze_dataset(model, keys: Sequence[str], source: Callable[[int], object], ou
   when `stop_after_chunks`, a test hook simulating a kill, stopped the run)."""
   if len(set(keys)) != len(keys):
     raise ValueError("video keys are not unique; their records would collide")
+  # settings are checked once here: a bad one is an error, not every video skipped
+  if video_kw.get("gazing_ratio") is not None:
+    check_ratio(video_kw["gazing_ratio"], 1)
+  check_threshold(video_kw.get("task_loss_requirement"))
+  if video_kw.get("resize", "native") not in RESIZE_MODES:
+    raise ValueError(f"resize={video_kw['resize']!r}: choose one of {', '.join(RESIZE_MODES)}")
   pi = jax.process_index() if process_index is None else process_index
   pc = jax.process_count() if process_count is None else process_count
   path = shard_file(out, pi, pc)
@@ -269,6 +276,13 @@ def gaze_dataset(model, keys: Sequence[str], source: Callable[[int], object], ou
       rec = {"i": i, "key": keys[i], "skip": e.reason, "error": str(e)}
     except StopRequested:
       return None
+    except (GazeOutputError, KeyboardInterrupt):
+      raise
+    except Exception as e:  # noqa: BLE001  anything else one video does is that video's problem, not the run's
+      log.warning("skipping %s: %s: %s", keys[i], type(e).__name__, e)
+      if os.path.exists(d):
+        shutil.rmtree(d)
+      rec = {"i": i, "key": keys[i], "skip": "gaze_error", "error": f"{keys[i]}: {type(e).__name__}: {e}"}
     try:
       append_batch(path, [rec], batch_no)
     except OSError as e:

@@ -31,7 +31,7 @@ from autogaze_jax.gaze.tiling import VideoTiling, clip_video, kept_ratio_per_fra
 
 VIDEO_EXTS = (".mp4", ".webm", ".mov", ".mkv", ".avi")
 # Why a video could not be gazed at all (a counted skip in dataset runs).
-REASONS = ("missing", "directory", "open_error", "no_video_stream", "no_frames", "bad_frames")
+REASONS = ("missing", "directory", "open_error", "no_video_stream", "no_frames", "bad_frames", "gaze_error")
 
 
 class VideoError(ValueError):

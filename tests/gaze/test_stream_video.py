@@ -158,6 +158,19 @@ def test_bad_inputs_odd_sizes_and_full_disk(model, tmp_path, monkeypatch):
   np.testing.assert_array_equal(c["kept_ratio_per_frame"], ref["kept_ratio_per_frame"])
   assert np.all((c["kept_ratio_per_frame"] > 0) & (c["kept_ratio_per_frame"] <= 1))
 
+  # a dataset: a bad setting fails before any video; any other failure of one video is a counted skip
+  def source(i):
+    if i == 0:
+      raise RuntimeError("storage hiccup")
+    return odd[:2, :224, :224]
+  with pytest.raises(ValueError, match=r"\(0, 1\]"):
+    gd.gaze_dataset(model, ["x", "y"], source, str(tmp_path / "ds"), process_index=0, process_count=1,
+                    **{**KW, "gazing_ratio": 1.5})
+  assert not os.path.exists(tmp_path / "ds" / "videos")
+  summ = gd.gaze_dataset(model, ["x", "y"], source, str(tmp_path / "ds"), process_index=0, process_count=1, **KW)
+  assert (summ["gazed"], summ["skip_counts"]["gaze_error"]) == (1, 1)
+  assert summ["skipped_videos"] == {"x": "x: RuntimeError: storage hiccup"}
+
   # a full disk at the second chunk: a clear error, the first chunk kept and readable
   real = records.write_npz
   calls = []
