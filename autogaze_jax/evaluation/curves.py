@@ -33,14 +33,19 @@ GazeFn = Callable
 ScoreFn = Callable
 
 
+NEVER_STOP = -1e30   # a task-loss threshold no prediction reaches: the fixed budget through the stop-rule program
+
+
 def model_gaze_fn(model, cap_ratio: float) -> GazeFn:
   """Greedy AutoGaze rollouts; the stop rule runs capped at `cap_ratio`. Every setting runs at the
-  capacity of `cap_ratio` (budgets are traced), so a sweep compiles the rollout twice (fixed, stop)."""
+  capacity of `cap_ratio` (budgets are traced) and a fixed budget is the stop rule at NEVER_STOP (the same
+  gazes as generate(ratio, None): checked on the gaze_tiny fixture), so a sweep compiles one rollout program."""
   v = model.cfg.num_vision_tokens_each_frame
   capacity = min(v, int(math.ceil(cap_ratio * v)) + 1)
 
   def gaze(pv, ratio, threshold):
-    return model.generate(pv, cap_ratio if ratio is None else ratio, threshold, generate_only=True,
+    return model.generate(pv, cap_ratio if ratio is None else ratio, NEVER_STOP if threshold is None else threshold,
+                          generate_only=True,
                           capacity=capacity)
   return gaze
 
@@ -92,10 +97,12 @@ def _stats(name: str, per_clip: np.ndarray) -> dict:
 
 
 def curve_point(gaze_fn: GazeFn, score_fn: ScoreFn, pixel_values, tokens_per_frame: int, *, ratio=None,
-                threshold=None, batch: int = 4, with_quality: bool = True, keep: bool = False) -> dict:
+                threshold=None, batch: int = 4, with_quality: bool = True, keep: bool = False,
+                processor=None) -> dict:
   """Gaze all clips (N, T, 3, H, W) at one setting and score them. `keep`: also return the selections
   ("gazes": N (gazing_pos, if_padded) pairs, "num_real": (N, T)) and the reconstructions (N, T, H, W, 3)
-  uint8 under "_kept" for the analyses and pictures."""
+  uint8 under "_kept" for the analyses and pictures. `processor`: the one that made `pixel_values` (PSNR and
+  SSIM compare in its pixels; default: the released processor)."""
   n = len(pixel_values)
   if n == 0:
     raise ValueError("curve_point: no clips")
@@ -108,7 +115,7 @@ def curve_point(gaze_fn: GazeFn, score_fn: ScoreFn, pixel_values, tokens_per_fra
     real = np.asarray(out["num_real_gazing_each_frame"])
     kept.append(real.mean(1) / tokens_per_frame)
     if with_quality and rec is not None:
-      a, b = quality.task_to_unit(rec), quality.task_to_unit(pv)
+      a, b = quality.task_to_unit(rec, processor), quality.task_to_unit(pv, processor)
       psnrs.append(quality.psnr(a, b).mean(1))
       ssims.append(quality.ssim(a, b).mean(1))
       if keep:

@@ -12,18 +12,24 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from autogaze_jax.gaze.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from autogaze_jax.gaze.preprocess import Processor
 
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 
-def task_to_unit(x) -> np.ndarray:
-  """Processor/task space (..., C, H, W) (ImageNet-normalised) -> (..., H, W, C) float32 in [0, 1]."""
-  x = np.asarray(x, np.float32)
-  c = np.asarray(IMAGENET_MEAN, np.float32)[:, None, None], np.asarray(IMAGENET_STD, np.float32)[:, None, None]
-  return np.clip(np.moveaxis(x * c[1] + c[0], -3, -1), 0.0, 1.0)
+def task_to_unit(x, processor: Processor | None = None) -> np.ndarray:
+  """Processor/task space (..., C, H, W) -> (..., H, W, C) float32 in [0, 1]: the inverse of
+  `processor.normalize` (default: the released processor, pixels / 127.5 - 1 then ImageNet mean/std),
+  so a reconstruction is compared with the clip in the pixels it came from."""
+  p = processor or Processor()
+  x = np.moveaxis(np.asarray(x, np.float32), -3, -1)
+  if p.do_normalize:
+    x = x * np.asarray(p.image_std, np.float32) + np.asarray(p.image_mean, np.float32)
+  if p.do_rescale:
+    x = (x + np.float32(1) if p.offset else x) / np.float32(p.rescale_factor)
+  return np.clip(x / np.float32(255), 0.0, 1.0)
 
 
 def uint8_to_unit(frames) -> np.ndarray:

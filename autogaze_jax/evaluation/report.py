@@ -102,7 +102,7 @@ def evaluate_models(models: dict, judge, frames_uint8, out_dir: str, *, ratios=D
     gaze = curves.model_gaze_fn(model, cap_ratio=max(ratios))
     fixed = []
     for r in ratios:
-      fixed.append(curves.curve_point(gaze, score, pv, v, ratio=r, batch=batch))
+      fixed.append(curves.curve_point(gaze, score, pv, v, ratio=r, batch=batch, processor=first.processor))
       done += 1
       progress(done, {"loss": fixed[-1]["loss"]}, force=True)
       logging.info("eval %s fixed ratio %.3f: loss %.4f gaze ratio %.4f", name, r, fixed[-1]["loss"],
@@ -111,7 +111,8 @@ def evaluate_models(models: dict, judge, frames_uint8, out_dir: str, *, ratios=D
     qs = sorted(set(float(q) for q in qs) | {float(epsilon)})
     stop, at_eps = [], None
     for q in qs:
-      p = curves.curve_point(gaze, score, pv, v, threshold=q, batch=batch, keep=(q == float(epsilon)))
+      p = curves.curve_point(gaze, score, pv, v, threshold=q, batch=batch, keep=(q == float(epsilon)),
+                             processor=first.processor)
       if q == float(epsilon):
         at_eps = p.pop("_kept")
       stop.append(p)

@@ -50,7 +50,9 @@ def test_ssim_is_the_formula():
 
 
 def test_task_space_round_trip():
+  """task_to_unit inverts the released processor (pixels / 127.5 - 1, then ImageNet mean/std)."""
+  from autogaze_jax.gaze.preprocess import Processor
   frames = np.random.default_rng(1).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
-  from autogaze_jax.gaze.preprocess import IMAGENET_MEAN, IMAGENET_STD
-  task = ((frames / 255.0 - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)).transpose(0, 3, 1, 2)
+  task = Processor().normalize(frames)
+  np.testing.assert_allclose(quality.task_to_unit(task), frames / 255.0, atol=1e-6)
   np.testing.assert_array_equal(quality.unit_to_uint8(quality.task_to_unit(task)), frames)
