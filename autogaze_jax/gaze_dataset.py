@@ -10,6 +10,7 @@ This module sits at the top of the library beside api.py: it joins gaze/, vit/, 
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from autogaze_jax.evaluation import viz
 from autogaze_jax.evaluation.writers import _fmt
 from autogaze_jax.gaze.generate import check_ratio, check_threshold
 from autogaze_jax.gaze.records import GazeWriter, write_json_atomic
-from autogaze_jax.gaze.stream_video import REASONS, VideoError
+from autogaze_jax.gaze.stream_video import REASONS, GazeEngine, VideoEnd, VideoError
 from autogaze_jax.gaze.tiling import RESIZE_MODES, tile_video
 from autogaze_jax.labels.shards import append_batch, read_shard
 from autogaze_jax.vit.model import capacity_for_ratio, forward, pack_gaze
@@ -154,6 +155,18 @@ class Overview:
       viz.save_gif(gif_path, np.stack([self.gif[k] for k in sorted(self.gif)]))
 
 
+def video_meta(end, label: str, gazing_ratio, task_loss_requirement, resize: str, kept_sum: float,
+               vit: VitEmbedder | None) -> dict:
+  """index.json of a finished video (`stream_video.VideoEnd`): deterministic, no timings."""
+  tl = end.tiling
+  return {"video": label, "frames": end.frames, "input_size": list(end.input_size),
+          "canvas_size": list(end.canvas_size), "resize": resize, "clip_len": tl.clip_len, "tile": tl.tile,
+          "temporal": tl.nt, "rows": tl.nh, "cols": tl.nw, "num_tiles": tl.num_tiles,
+          "gazing_ratio": gazing_ratio, "task_loss_requirement": task_loss_requirement,
+          "kept_ratio": kept_sum / end.frames, "truncated_at_frame": end.truncated_at,
+          "decode_error": end.error, "vit": vit.meta() if vit is not None else None}
+
+
 # ---------------------------------------------------------------- one video
 def gaze_video(model, source, out_dir: str, *, gazing_ratio=0.75, task_loss_requirement=0.7,
                resize: str = "native", batch_tiles: int | None = None, max_frames: int | None = None,
@@ -197,20 +210,14 @@ def gaze_video(model, source, out_dir: str, *, gazing_ratio=0.75, task_loss_requ
     del chunk
     if stop_after_chunks is not None and stop_after_chunks():
       raise StopRequested(label)
-  tl = stream.tiling
-  meta = {"video": label, "frames": stream.frames, "input_size": list(stream.input_size),
-          "canvas_size": list(stream.canvas_size), "resize": resize, "clip_len": tl.clip_len, "tile": tl.tile,
-          "temporal": tl.nt, "rows": tl.nh, "cols": tl.nw, "num_tiles": tl.num_tiles,
-          "gazing_ratio": gazing_ratio, "task_loss_requirement": task_loss_requirement,
-          "kept_ratio": kept_sum / stream.frames, "truncated_at_frame": stream.truncated_at,
-          "decode_error": stream.error, "vit": vit.meta() if vit is not None else None}
+  meta = video_meta(stream.end, label, gazing_ratio, task_loss_requirement, resize, kept_sum, vit)
   try:
     writer.finish(meta)
   except OSError as e:
     raise GazeOutputError(f"writing {out_dir}/index.json: {e.strerror or e}; the {writer.chunks} chunk files are "
                           "kept") from None
   meta["seconds"] = time.perf_counter() - t0   # not in index.json: the records stay byte-deterministic
-  meta["tiles_per_s"] = tl.num_tiles / max(meta["seconds"], 1e-9)
+  meta["tiles_per_s"] = meta["num_tiles"] / max(meta["seconds"], 1e-9)
   return meta
 
 
@@ -251,47 +258,68 @@ def gaze_dataset(model, keys: Sequence[str], source: Callable[[int], object], ou
   mine = list(range(pi, len(keys), pc))
   todo = [i for i in mine if i not in done]
   log.info("host %d/%d: %d videos, %d already done, %d to go", pi, pc, len(mine), len(mine) - len(todo), len(todo))
-  written = [0]
-
-  def stop():
-    written[0] += 1
-    return stop_after_chunks is not None and written[0] >= stop_after_chunks
-
-  t0, tiles = time.perf_counter(), 0
-  batch_no = len(done)
-  for n, i in enumerate(todo):
+  settings = {k: video_kw.pop(k) for k in ("gazing_ratio", "task_loss_requirement") if k in video_kw}
+  ratio, thr = settings.get("gazing_ratio", 0.75), settings.get("task_loss_requirement", 0.7)
+  resize = video_kw.get("resize", "native")
+  # one stream over all of this host's videos: tiles batch across videos (short clips fill the program)
+  # and the next video is opened and decoded while this one is gazed
+  engine = GazeEngine(model, ratio, thr, **video_kw)
+  stream = engine.run([(keys[i], functools.partial(source, i)) for i in todo])
+  writers: dict[int, GazeWriter] = {}
+  kept: dict[int, float] = {}
+  t0, chunks_written, batch_no, n_done = time.perf_counter(), 0, len(done), 0
+  for item in stream:
+    if not isinstance(item, VideoEnd):
+      i = todo[item["video"]]
+      d = video_dir(out, keys[i])
+      w = writers.get(item["video"])
+      try:
+        if w is None:
+          if os.path.exists(d):      # the video in flight when a run was stopped: redone from its start
+            shutil.rmtree(d)
+          w = writers[item["video"]] = GazeWriter(d)
+        w.write_chunk(item, vit(item) if vit is not None else None)
+      except OSError as e:
+        raise GazeOutputError(f"writing chunk {item['chunk']} of {keys[i]} to {d}: {e.strerror or e}; the videos "
+                              f"committed before it are kept") from None
+      kept[item["video"]] = kept.get(item["video"], 0.0) + float(np.sum(item["kept_ratio_per_frame"]))
+      chunks_written += 1
+      if stop_after_chunks is not None and chunks_written >= stop_after_chunks:
+        return None                  # test hook: stop as a kill would, the in-flight video uncommitted
+      continue
+    end, i = item, todo[item.index]
     d = video_dir(out, keys[i])
-    if os.path.exists(d):            # the video in flight when a run was stopped: redone from its start
-      shutil.rmtree(d)
-    try:
-      meta = gaze_video(model, source(i), d, name=keys[i], vit=vit,
-                        stop_after_chunks=stop if stop_after_chunks is not None else None, **video_kw)
-      rec = {"i": i, "key": keys[i], "frames": meta["frames"], "tiles": meta["num_tiles"],
-             "kept_ratio": meta["kept_ratio"], "truncated_at_frame": meta["truncated_at_frame"]}
-      tiles += meta["num_tiles"]
-    except VideoError as e:
-      log.warning("skipping %s: %s", keys[i], e)
+    w = writers.pop(end.index, None)
+    e = end.failure
+    if e is None and end.frames == 0:
+      e = VideoError(keys[i], "no_frames", "no decodable frames")
+    if e is None:
+      meta = video_meta(end, keys[i], ratio, thr, resize, kept.pop(end.index, 0.0), vit)
+      try:
+        w.finish(meta)
+      except OSError as err:
+        raise GazeOutputError(f"writing {d}/index.json: {err.strerror or err}") from None
+      rec = {"i": i, "key": keys[i], "frames": end.frames, "tiles": end.tiling.num_tiles,
+             "kept_ratio": meta["kept_ratio"], "truncated_at_frame": end.truncated_at}
+    else:
       if os.path.exists(d):
         shutil.rmtree(d)
-      rec = {"i": i, "key": keys[i], "skip": e.reason, "error": str(e)}
-    except StopRequested:
-      return None
-    except (GazeOutputError, KeyboardInterrupt):
-      raise
-    except Exception as e:  # noqa: BLE001  anything else one video does is that video's problem, not the run's
-      log.warning("skipping %s: %s: %s", keys[i], type(e).__name__, e)
-      if os.path.exists(d):
-        shutil.rmtree(d)
-      rec = {"i": i, "key": keys[i], "skip": "gaze_error", "error": f"{keys[i]}: {type(e).__name__}: {e}"}
+      if isinstance(e, VideoError):
+        rec = {"i": i, "key": keys[i], "skip": e.reason, "error": str(e)}
+      else:     # anything else one video does is that video's problem, not the run's
+        rec = {"i": i, "key": keys[i], "skip": "gaze_error", "error": f"{keys[i]}: {type(e).__name__}: {e}"}
+      log.warning("skipping %s: %s", keys[i], rec["error"])
     try:
       append_batch(path, [rec], batch_no)
-    except OSError as e:
-      raise GazeOutputError(f"committing {keys[i]} to {path}: {e.strerror or e}") from None
+    except OSError as err:
+      raise GazeOutputError(f"committing {keys[i]} to {path}: {err.strerror or err}") from None
     batch_no += 1
+    n_done += 1
     dt = time.perf_counter() - t0
-    left = len(todo) - n - 1
-    log.info("[gaze] %d/%d videos | %.1f tiles/s | ETA %s | %s", len(mine) - left, len(mine), tiles / max(dt, 1e-9),
-             _fmt(dt / (n + 1) * left), keys[i] + (f" skipped ({rec['skip']})" if "skip" in rec else ""))
+    left = len(todo) - n_done
+    log.info("[gaze] %d/%d videos | %.1f tiles/s | ETA %s | %s", len(mine) - left, len(mine),
+             engine.tiles_done / max(dt, 1e-9), _fmt(dt / n_done * left),
+             keys[i] + (f" skipped ({rec['skip']})" if "skip" in rec else ""))
   with open(path + ".done", "w") as f:
     json.dump({"videos": len(mine)}, f)
   if all(os.path.exists(shard_file(out, h, pc) + ".done") for h in range(pc)):

@@ -21,6 +21,7 @@ import dataclasses
 import os
 import queue
 import threading
+import time
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -139,6 +140,7 @@ class FrameReader:
 
 @dataclasses.dataclass
 class _Chunk:
+  video: int                # index of its video in the stream
   index: int
   start: int
   canvas: np.ndarray        # uint8 (n, H', W', 3): the frames as gazed
@@ -146,6 +148,27 @@ class _Chunk:
   tiling: VideoTiling       # of this chunk alone (nt = 1)
   results: list
   batched: int = 0
+
+
+@dataclasses.dataclass
+class VideoEnd:
+  """The end of one video of a stream, after all its chunks: what was gazed, or why nothing was."""
+  index: int                          # position in the stream's videos
+  key: str
+  reader: FrameReader | None = None
+  frames: int = 0                     # real frames gazed
+  tiling: VideoTiling | None = None   # of the whole video
+  input_size: tuple | None = None
+  canvas_size: tuple | None = None
+  failure: Exception | None = None    # VideoError (unreadable) or whatever else stopped this video
+
+  @property
+  def truncated_at(self):
+    return None if self.reader is None else self.reader.truncated_at
+
+  @property
+  def error(self):
+    return None if self.reader is None else self.reader.error
 
 
 def _prefetched(gen: Iterator, depth: int) -> Iterator:
@@ -227,43 +250,30 @@ def native_tiles(frames: np.ndarray, processor, clip_len: int, tile: int, table:
   return out, VideoTiling(n, h, w, clip_len, tile, 1, nh, nw)
 
 
-class VideoGazeStream:
-  """Iterate to gaze `source` chunk by chunk (see the module docstring). Each item is one chunk:
+class GazeEngine:
+  """Gazes a sequence of videos as one stream of chunks: tiles are batched `batch_tiles` at a time
+  across chunk and video boundaries (one program shape; a batch is cut short and padded only at the
+  end or where the tile shape changes, as between videos of different aspect with
+  resize="shortest_edge_224"). Uncoupled tiles do not depend on their batch mates, so a tile's result
+  is the same whichever tiles share its batch. `run` yields each chunk's dict (see VideoGazeStream),
+  with "video": its index, and a `VideoEnd` after each video's last chunk, in order."""
 
-    {"chunk": k, "frame_start": first frame, "num_frames": n real frames (clip_len except the last),
-     "tiles": [per tile: the official single-sample dict of `AutoGaze.gaze` (first n frames) plus
-               "tile_pos" (k, row, col)], "kept_ratio_per_frame": (n,), "masks": per scale (n, nh*g, nw*g)
-     bool, "frames": uint8 (n, H', W', 3) canvas, "tiling": VideoTiling of the chunk (nt = 1)}
-
-  After iteration: `frames` (real frames gazed), `tiling` (of the whole video), `input_size`,
-  `canvas_size`, `truncated_at` / `error` (from the reader), `tiles_done`.
-  """
-
-  def __init__(self, model, source, gazing_ratio=0.75, task_loss_requirement=0.7, *, resize: str = "native",
+  def __init__(self, model, gazing_ratio=0.75, task_loss_requirement=0.7, *, resize: str = "native",
                clip_len: int | None = None, batch_tiles: int | None = None, max_frames: int | None = None,
                prefetch: int = 2, sharding=None, **gen_kw):
     self.model = model
-    self.reader = source if isinstance(source, FrameReader) else FrameReader(source, max_frames)
     self.gazing_ratio, self.task_loss_requirement = gazing_ratio, task_loss_requirement
-    self.resize, self.clip_len = resize, int(clip_len or model.cfg.max_num_frames)
+    self.resize, self.clip_len, self.max_frames = resize, int(clip_len or model.cfg.max_num_frames), max_frames
     if batch_tiles is not None and batch_tiles < 1:
       raise ValueError(f"batch_tiles must be >= 1, got {batch_tiles}")
     self.batch_tiles, self.prefetch, self.sharding, self.gen_kw = batch_tiles, prefetch, sharding, gen_kw
-    self.frames, self.tiles_done, self.tiling, self.input_size, self.canvas_size = 0, 0, None, None, None
+    self.tiles_done = 0
     self.on_batch = None      # optional hook (seconds, tiles) after each compiled call (progress)
 
-  @property
-  def truncated_at(self):
-    return self.reader.truncated_at
-
-  @property
-  def error(self):
-    return self.reader.error
-
   # -- host side: decode + prepare (runs on the prefetch thread)
-  def _raw_chunks(self) -> Iterator[np.ndarray]:
+  def _raw_chunks(self, reader) -> Iterator[np.ndarray]:
     buf = []
-    for f in self.reader:
+    for f in reader:
       buf.append(f)
       if len(buf) == self.clip_len:
         yield np.stack(buf)
@@ -271,21 +281,29 @@ class VideoGazeStream:
     if buf:
       yield np.stack(buf)
 
-  def _prepared(self) -> Iterator[_Chunk]:
+  def _prepared(self, videos) -> Iterator:
     tile = self.model.cfg.input_img_size
     table = normalize_table(self.model.processor)
-    start = 0
-    for k, raw in enumerate(self._raw_chunks()):
-      if k == 0:
-        self.input_size = tuple(raw.shape[1:3])
-      model_in, canvas = prepare_frames(check_frames(raw), self.model.processor, self.resize, tile)
-      if self.resize == "native":
-        tiles, tl = native_tiles(model_in, self.model.processor, self.clip_len, tile, table)
-      else:
-        tiles, tl = clip_video(self.model.processor.normalize(model_in), self.clip_len, tile)
-      del model_in, raw
-      yield _Chunk(k, start, canvas, tiles, tl, [None] * tiles.shape[0])
-      start += tl.frames
+    for vi, (key, src) in enumerate(videos):
+      end = VideoEnd(vi, key)
+      try:
+        src = src() if callable(src) else src
+        end.reader = src if isinstance(src, FrameReader) else FrameReader(src, self.max_frames)
+        start = 0
+        for k, raw in enumerate(self._raw_chunks(end.reader)):
+          if k == 0:
+            end.input_size = tuple(raw.shape[1:3])
+          model_in, canvas = prepare_frames(check_frames(raw), self.model.processor, self.resize, tile)
+          if self.resize == "native":
+            tiles, tl = native_tiles(model_in, self.model.processor, self.clip_len, tile, table)
+          else:
+            tiles, tl = clip_video(self.model.processor.normalize(model_in), self.clip_len, tile)
+          del model_in, raw
+          yield _Chunk(vi, k, start, canvas, tiles, tl, [None] * tiles.shape[0])
+          start += tl.frames
+      except Exception as e:  # noqa: BLE001  this video's failure, reported in its VideoEnd
+        end.failure = e
+      yield end
 
   # -- device side
   def _run(self, batch: list[tuple[_Chunk, int]], bt: int):
@@ -300,7 +318,6 @@ class VideoGazeStream:
     if self.sharding is not None:
       import jax
       x = jax.device_put(x, self.sharding)
-    import time
     t0 = time.perf_counter()
     out = generate(self.model, x, self.gazing_ratio, self.task_loss_requirement, **self.gen_kw)
     for j, (c, i) in enumerate(batch):
@@ -312,7 +329,7 @@ class VideoGazeStream:
     if self.on_batch is not None:
       self.on_batch(time.perf_counter() - t0, real)
 
-  def _finish(self, c: _Chunk) -> dict:
+  def _finish(self, c: _Chunk, acc: dict) -> dict:
     tl = c.tiling
     n = tl.frames
     tiles = []
@@ -324,29 +341,85 @@ class VideoGazeStream:
                               for s in range(len(self.model.cfg.scales))], dataclasses.replace(tl, clip_len=n))
     masks = [m.astype(bool) for m in masks]
     kept = kept_ratio_per_frame(masks, tl)
-    self.frames += n
-    self.tiling = dataclasses.replace(tl, frames=self.frames, nt=c.index + 1)
-    self.canvas_size = tuple(c.canvas.shape[1:3])
-    return {"chunk": c.index, "frame_start": c.start, "num_frames": n, "tiles": tiles, "kept_ratio_per_frame": kept,
-            "masks": masks, "frames": c.canvas, "tiling": tl}
+    acc["frames"] = acc.get("frames", 0) + n
+    acc["tiling"] = dataclasses.replace(tl, frames=acc["frames"], nt=c.index + 1)
+    acc["canvas_size"] = tuple(c.canvas.shape[1:3])
+    return {"video": c.video, "chunk": c.index, "frame_start": c.start, "num_frames": n, "tiles": tiles,
+            "kept_ratio_per_frame": kept, "masks": masks, "frames": c.canvas, "tiling": tl}
 
-  def __iter__(self) -> Iterator[dict]:
+  def run(self, videos: Iterable[tuple[str, object]]) -> Iterator:
+    """videos: (key, source) pairs; a source is what FrameReader takes, a FrameReader, or a callable
+    returning one of those (called on the prefetch thread: opening a file overlaps the device too)."""
     pending: list[tuple[_Chunk, int]] = []
-    open_chunks: list[_Chunk] = []
+    queue_out: list = []          # chunks and VideoEnds in stream order, handed out once complete
+    acc: dict[int, dict] = {}     # per video: frames, tiling, canvas size of its finished chunks
     bt = self.batch_tiles
-    for c in _prefetched(self._prepared(), self.prefetch):
-      bt = bt or c.tiles.shape[0]
-      open_chunks.append(c)
-      pending += [(c, i) for i in range(c.tiles.shape[0])]
-      while len(pending) >= bt:
-        self._run(pending[:bt], bt)
-        pending = pending[bt:]
-      while open_chunks and all(r is not None for r in open_chunks[0].results):
-        yield self._finish(open_chunks.pop(0))
+    for item in _prefetched(self._prepared(videos), self.prefetch):
+      queue_out.append(item)
+      if isinstance(item, _Chunk):
+        if pending and pending[0][0].tiles.shape[1:] != item.tiles.shape[1:]:
+          self._run(pending, bt)   # tiles of another shape cannot share a program: flush, padded
+          pending = []
+        bt = bt or item.tiles.shape[0]
+        pending += [(item, i) for i in range(item.tiles.shape[0])]
+        while len(pending) >= bt:
+          self._run(pending[:bt], bt)
+          pending = pending[bt:]
+      del item
+      yield from self._ready(queue_out, acc)
     if pending:
       self._run(pending, bt)
-    for c in open_chunks:
-      yield self._finish(c)
+    yield from self._ready(queue_out, acc)
+
+  def _ready(self, queue_out: list, acc: dict) -> Iterator:
+    """Hand out the complete head of the stream: chunks whose tiles are all gazed, and a VideoEnd
+    once its chunks are out (it always follows them)."""
+    while queue_out:
+      head = queue_out[0]
+      if isinstance(head, VideoEnd):
+        queue_out.pop(0)
+        a = acc.pop(head.index, {})
+        head.frames, head.tiling, head.canvas_size = a.get("frames", 0), a.get("tiling"), a.get("canvas_size")
+        yield head
+      elif all(r is not None for r in head.results):
+        queue_out.pop(0)
+        yield self._finish(head, acc.setdefault(head.video, {}))
+      else:
+        return
+
+
+class VideoGazeStream(GazeEngine):
+  """Iterate to gaze `source` chunk by chunk (see the module docstring). Each item is one chunk:
+
+    {"chunk": k, "frame_start": first frame, "num_frames": n real frames (clip_len except the last),
+     "tiles": [per tile: the official single-sample dict of `AutoGaze.gaze` (first n frames) plus
+               "tile_pos" (k, row, col)], "kept_ratio_per_frame": (n,), "masks": per scale (n, nh*g, nw*g)
+     bool, "frames": uint8 (n, H', W', 3) canvas, "tiling": VideoTiling of the chunk (nt = 1), "video": 0}
+
+  After iteration: `frames` (real frames gazed), `tiling` (of the whole video), `input_size`,
+  `canvas_size`, `truncated_at` / `error` (from the reader), `tiles_done`. An unreadable video raises
+  its VideoError.
+  """
+
+  def __init__(self, model, source, gazing_ratio=0.75, task_loss_requirement=0.7, *, max_frames: int | None = None,
+               **kw):
+    super().__init__(model, gazing_ratio, task_loss_requirement, max_frames=max_frames, **kw)
+    self.reader = source if isinstance(source, FrameReader) else FrameReader(source, max_frames)
+    self.end = VideoEnd(0, self.reader.name, self.reader)
+
+  def __getattr__(self, name):
+    if name in ("frames", "tiling", "input_size", "canvas_size", "truncated_at", "error"):
+      return getattr(self.__dict__["end"], name)
+    raise AttributeError(name)
+
+  def __iter__(self) -> Iterator[dict]:
+    for item in self.run([(self.reader.name, self.reader)]):
+      if isinstance(item, VideoEnd):
+        self.end = item
+        if item.failure is not None:
+          raise item.failure
+      else:
+        yield item
 
 
 def take_sample(out: dict, i: int) -> dict:

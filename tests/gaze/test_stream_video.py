@@ -99,8 +99,8 @@ def test_dataset_kill_restart_byte_identical_with_counted_skips(model, tmp_path)
   counted and named, the cut one keeps its good frames."""
   src = tmp_path / "videos"
   (src / "sub").mkdir(parents=True)
-  np.savez(src / "a.npz", frames=_video(20, 20, 30, seed=1))          # 2 chunks of 2 tiles (224 x 336)
-  np.savez(src / "sub" / "b.npz", frames=_video(18, 30, 20, seed=2))
+  np.savez(src / "a.npz", frames=_video(10, 24, 24, seed=1))          # 1 chunk of 1 tile (224 x 224)
+  np.savez(src / "sub" / "b.npz", frames=_video(18, 30, 20, seed=2))   # 2 chunks of 2 tiles (336 x 224)
   (src / "empty.mp4").write_bytes(b"")
   (src / "junk.mp4").write_bytes(b"not a video" * 40)
   fr = _video(8, 16, 32, seed=3)
@@ -120,16 +120,18 @@ def test_dataset_kill_restart_byte_identical_with_counted_skips(model, tmp_path)
   assert full["skip_counts"]["no_frames"] == 1 and full["skip_counts"]["open_error"] == 1
   assert set(full["skipped_videos"]) == {"empty.mp4", "junk.mp4"} and "junk.mp4" in full["skipped_videos"]["junk.mp4"]
   n = full["truncated_videos"]["cut.mov"]
-  assert 0 < n < 8 and full["frames"] == 20 + n + 18
+  assert 0 < n < 8 and full["frames"] == 10 + n + 18
   cut = read_gaze(str(tmp_path / "full" / "videos" / "cut.mov"))
   assert cut.meta["frames"] == n and f"decoding failed at frame {n}" in cut.meta["decode_error"]
 
   part = tmp_path / "part"
-  assert run(part, stop_after_chunks=3) is None        # killed after a.npz and the first chunk of cut.mov
-  assert os.path.isfile(part / "videos" / "a.npz" / "index.json")
-  assert not os.path.exists(part / "videos" / "cut.mov" / "index.json")
+  # batches of 2 tiles run across videos ([a, cut], [cut, b], ...); killed after b's first chunk, the
+  # restart batches b alone: a tile's result does not depend on its batch mates
+  assert run(part, stop_after_chunks=3) is None
+  assert os.path.isfile(part / "videos" / "cut.mov" / "index.json")
+  assert os.listdir(part / "videos" / "sub" / "b.npz") == ["chunk-000000.npz"]
   with open(gd.shard_file(str(part), 0, 1), "a") as f:
-    f.write('{"i": 1, "key": "cut.mov", "fra')            # a torn line: never committed
+    f.write('{"i": 4, "key": "sub/b.npz", "fra')            # a torn line: never committed
   assert run(part) == full
   files = lambda root: sorted(os.path.relpath(os.path.join(d, f), root)  # noqa: E731
                               for d, _, fs in os.walk(root) for f in fs)
