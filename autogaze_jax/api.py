@@ -24,8 +24,6 @@ from autogaze_jax.gaze.tiling import (clip_video, kept_ratio_per_frame, merge_ti
 from autogaze_jax.interop import gaze as interop
 from autogaze_jax.interop.common import resolve_checkpoint_dir
 
-# What a gaze checkpoint needs from a hub repo (nothing else is downloaded).
-HUB_FILES = (interop.CONFIG_NAME, interop.WEIGHTS_NAME, interop.PREPROCESSOR_NAME)
 
 
 class AutoGaze:
@@ -54,7 +52,7 @@ class AutoGaze:
     """A local checkpoint dir, or a hub id ("nvidia/AutoGaze", "nvidia/AutoGaze@<rev>" or `revision=`)
     fetched through huggingface_hub's cache (HF_HOME, HF_HUB_OFFLINE honoured). A local dir of that
     name wins. Errors are `CheckpointError`s naming the dir or id."""
-    ckpt_dir = resolve_checkpoint_dir(ckpt_dir, revision, allow_patterns=HUB_FILES, what="gaze checkpoint")
+    ckpt_dir = resolve_checkpoint_dir(ckpt_dir, revision, allow_patterns=interop.HUB_FILES, what="gaze checkpoint")
     cfg = interop.read_config(ckpt_dir)
     if dtype is not None:
       cfg = cfg.replace(dtype=dtype)
@@ -154,13 +152,13 @@ class AutoGaze:
 
   def gaze_stream(self, video, gazing_ratio=0.75, task_loss_requirement=0.7, *, resize: str = "native",
                   clip_len: int | None = None, batch_tiles: int | None = None, max_frames: int | None = None,
-                  prefetch: int = 2, sharding=None, **kw) -> VideoGazeStream:
+                  prefetch: int = 3, sharding=None, **kw) -> VideoGazeStream:
     """`gaze()` in bounded memory, one clip_len-frame chunk at a time: `video` is a file path (PyAV video
     or .npz), a uint8 (T, H, W, 3) array or an iterable of uint8 (H, W, 3) frames. Iterate the result
     for per-chunk dicts (`autogaze_jax.gaze.stream_video.VideoGazeStream`); each tile's dict equals the
     one `gaze()` returns with the same `batch_tiles` (default: the tiles of one chunk per call). The
-    next chunks are decoded and tiled on a thread (`prefetch` ahead) while the device gazes;
-    `sharding` places each batch (e.g. data-parallel over the local devices)."""
+    next chunks are decoded and tiled on a thread (`prefetch` items ahead: chunks, blocks of tiles)
+    while the device gazes; `sharding` places each batch (e.g. data-parallel over the local devices)."""
     return VideoGazeStream(self, video, gazing_ratio, task_loss_requirement, resize=resize, clip_len=clip_len,
                            batch_tiles=batch_tiles, max_frames=max_frames, prefetch=prefetch, sharding=sharding, **kw)
 

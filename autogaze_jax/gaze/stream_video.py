@@ -1,9 +1,10 @@
 """Gaze a video of any length in bounded memory: decode, tile and gaze one clip_len-frame chunk at a time.
 
 `AutoGaze.gaze` holds the whole video (uint8, then float32, then its tiles) and every tile's result;
-a 1024-frame 4K clip does not fit. `VideoGazeStream` never holds more than the chunk being decoded
-(a prefetch thread reads, resizes, normalises and tiles the next chunks while the device gazes the current
-batch), the tiles of one compiled batch, and the results of the chunks not yet handed out.
+a 1024-frame 4K clip does not fit. `VideoGazeStream` holds about two chunks of uint8 frames (the one
+being gazed, the next being decoded on a prefetch thread), a few blocks of at most `batch_tiles`
+normalised tiles (the thread normalises and tiles a chunk block by block), one compiled batch, and the
+results of the chunks not yet handed out: nothing grows with the length of the video.
 
 The results equal `AutoGaze.gaze` tile for tile: temporal tile k of the video is chunk k (frames
 k*clip_len ..), the spatial tiling of a chunk is the video's, a partial last chunk is padded by repeating
@@ -144,10 +145,17 @@ class _Chunk:
   index: int
   start: int
   canvas: np.ndarray        # uint8 (n, H', W', 3): the frames as gazed
-  tiles: np.ndarray         # float32 (nh*nw, clip_len, 3, tile, tile)
   tiling: VideoTiling       # of this chunk alone (nt = 1)
-  results: list
-  batched: int = 0
+  results: list             # per tile, filled as its batch is gazed
+
+
+@dataclasses.dataclass
+class _Block:
+  """Normalised tiles first .. first+len(tiles)-1 of a chunk: the prefetch thread hands a chunk's tiles
+  over in blocks of at most batch_tiles, so only about one batch of float32 tiles waits at a time."""
+  chunk: _Chunk
+  first: int
+  tiles: np.ndarray         # float32 (k, clip_len, 3, tile, tile)
 
 
 @dataclasses.dataclass
@@ -174,7 +182,7 @@ class VideoEnd:
 def _prefetched(gen: Iterator, depth: int) -> Iterator:
   """Run `gen` on a thread so that the next items are produced while the consumer works on this one.
   At most `depth` items are alive at once, counting the one the consumer holds: a slot is freed when
-  the consumer asks for the next item (depth 2 = one chunk gazed while the next is decoded). Exceptions
+  the consumer asks for the next item (a chunk, a block of tiles or a video end). Exceptions
   are re-raised here; closing this generator stops the thread."""
   if depth <= 1:
     yield from gen
@@ -230,21 +238,24 @@ def normalize_table(processor) -> np.ndarray:
   return np.ascontiguousarray(processor.normalize(v)[:, 0, :])
 
 
-def native_tiles(frames: np.ndarray, processor, clip_len: int, tile: int, table: np.ndarray | None = None):
-  """uint8 (n, H, W, 3), n <= clip_len -> normalised tiles (nh*nw, clip_len, 3, tile, tile) and the chunk's
-  tiling: equal to `tiling.tile_video(processor.normalize(frames))` (zero padding in normalised space,
-  the last frame repeated) but normalised tile by tile into the output through `normalize_table`,
-  without the whole-chunk float32 copies."""
+def native_tiles(frames: np.ndarray, processor, clip_len: int, tile: int, table: np.ndarray | None = None,
+                 first: int = 0, count: int | None = None):
+  """uint8 (n, H, W, 3), n <= clip_len -> normalised tiles first .. first+count-1 (row-major; default all
+  nh*nw) as (count, clip_len, 3, tile, tile) and the chunk's tiling: equal to those of
+  `tiling.tile_video(processor.normalize(frames))` (zero padding in normalised space, the last frame
+  repeated) but normalised tile by tile into the output through `normalize_table`, without
+  whole-chunk float32 copies."""
   table = normalize_table(processor) if table is None else table
   n, h, w, _ = frames.shape
   nh, nw = -(-h // tile), -(-w // tile)
-  out = np.zeros((nh * nw, clip_len, 3, tile, tile), np.float32)
-  for r in range(nh):
-    for c in range(nw):
-      sub = frames[:, r * tile:(r + 1) * tile, c * tile:(c + 1) * tile]
-      th, tw = sub.shape[1:3]
-      for ch in range(3):
-        out[r * nw + c, :n, ch, :th, :tw] = table[ch][sub[..., ch]]
+  count = nh * nw - first if count is None else count
+  out = np.zeros((count, clip_len, 3, tile, tile), np.float32)
+  for j in range(count):
+    r, c = divmod(first + j, nw)
+    sub = frames[:, r * tile:(r + 1) * tile, c * tile:(c + 1) * tile]
+    th, tw = sub.shape[1:3]
+    for ch in range(3):
+      out[j, :n, ch, :th, :tw] = table[ch][sub[..., ch]]
   if n < clip_len:
     out[:, n:] = out[:, n - 1:n]
   return out, VideoTiling(n, h, w, clip_len, tile, 1, nh, nw)
@@ -260,7 +271,7 @@ class GazeEngine:
 
   def __init__(self, model, gazing_ratio=0.75, task_loss_requirement=0.7, *, resize: str = "native",
                clip_len: int | None = None, batch_tiles: int | None = None, max_frames: int | None = None,
-               prefetch: int = 2, sharding=None, **gen_kw):
+               prefetch: int = 3, sharding=None, **gen_kw):
     self.model = model
     self.gazing_ratio, self.task_loss_requirement = gazing_ratio, task_loss_requirement
     self.resize, self.clip_len, self.max_frames = resize, int(clip_len or model.cfg.max_num_frames), max_frames
@@ -294,24 +305,35 @@ class GazeEngine:
           if k == 0:
             end.input_size = tuple(raw.shape[1:3])
           model_in, canvas = prepare_frames(check_frames(raw), self.model.processor, self.resize, tile)
+          del raw
           if self.resize == "native":
-            tiles, tl = native_tiles(model_in, self.model.processor, self.clip_len, tile, table)
+            n, h, w = model_in.shape[:3]
+            tl = VideoTiling(n, h, w, self.clip_len, tile, 1, -(-h // tile), -(-w // tile))
+            chunk = _Chunk(vi, k, start, canvas, tl, [None] * (tl.nh * tl.nw))
+            yield chunk
+            block = self.batch_tiles or tl.nh * tl.nw
+            for b0 in range(0, tl.nh * tl.nw, block):
+              count = min(block, tl.nh * tl.nw - b0)
+              yield _Block(chunk, b0, native_tiles(model_in, self.model.processor, self.clip_len, tile, table,
+                                                   b0, count)[0])
           else:
             tiles, tl = clip_video(self.model.processor.normalize(model_in), self.clip_len, tile)
-          del model_in, raw
-          yield _Chunk(vi, k, start, canvas, tiles, tl, [None] * tiles.shape[0])
+            chunk = _Chunk(vi, k, start, canvas, tl, [None])
+            yield chunk
+            yield _Block(chunk, 0, tiles[:1])
+          del model_in
           start += tl.frames
       except Exception as e:  # noqa: BLE001  this video's failure, reported in its VideoEnd
         end.failure = e
       yield end
 
   # -- device side
-  def _run(self, batch: list[tuple[_Chunk, int]], bt: int):
-    c0, i0 = batch[0]
-    if all(c is c0 and i == i0 + j for j, (c, i) in enumerate(batch)):
-      x = c0.tiles[i0:i0 + len(batch)]        # no host copy: the device transfer is the only one
+  def _run(self, batch: list[tuple[_Block, int]], bt: int):
+    b0, i0 = batch[0]
+    if all(b is b0 and i == i0 + j for j, (b, i) in enumerate(batch)):
+      x = b0.tiles[i0:i0 + len(batch)]        # no host copy: the device transfer is the only one
     else:
-      x = np.stack([c.tiles[i] for c, i in batch])
+      x = np.stack([b.tiles[i] for b, i in batch])
     real = x.shape[0]
     if real < bt:   # one program shape: pad with repeats, drop their outputs
       x = np.concatenate([x, np.repeat(x[-1:], bt - real, axis=0)])
@@ -320,11 +342,8 @@ class GazeEngine:
       x = jax.device_put(x, self.sharding)
     t0 = time.perf_counter()
     out = generate(self.model, x, self.gazing_ratio, self.task_loss_requirement, **self.gen_kw)
-    for j, (c, i) in enumerate(batch):
-      c.results[i] = take_sample(out, j)
-      c.batched += 1
-      if c.batched == len(c.results):
-        c.tiles = None                         # every tile gazed: free the chunk's float32 tiles now
+    for j, (b, i) in enumerate(batch):
+      b.chunk.results[b.first + i] = take_sample(out, j)
     self.tiles_done += real
     if self.on_batch is not None:
       self.on_batch(time.perf_counter() - t0, real)
@@ -350,21 +369,22 @@ class GazeEngine:
   def run(self, videos: Iterable[tuple[str, object]]) -> Iterator:
     """videos: (key, source) pairs; a source is what FrameReader takes, a FrameReader, or a callable
     returning one of those (called on the prefetch thread: opening a file overlaps the device too)."""
-    pending: list[tuple[_Chunk, int]] = []
+    pending: list[tuple[_Block, int]] = []
     queue_out: list = []          # chunks and VideoEnds in stream order, handed out once complete
     acc: dict[int, dict] = {}     # per video: frames, tiling, canvas size of its finished chunks
     bt = self.batch_tiles
     for item in _prefetched(self._prepared(videos), self.prefetch):
-      queue_out.append(item)
-      if isinstance(item, _Chunk):
+      if isinstance(item, _Block):
         if pending and pending[0][0].tiles.shape[1:] != item.tiles.shape[1:]:
           self._run(pending, bt)   # tiles of another shape cannot share a program: flush, padded
           pending = []
-        bt = bt or item.tiles.shape[0]
+        bt = bt or len(item.chunk.results)
         pending += [(item, i) for i in range(item.tiles.shape[0])]
         while len(pending) >= bt:
           self._run(pending[:bt], bt)
           pending = pending[bt:]
+      else:
+        queue_out.append(item)
       del item
       yield from self._ready(queue_out, acc)
     if pending:
