@@ -25,7 +25,6 @@ from autogaze_jax.interop import gaze as interop
 from autogaze_jax.interop.common import resolve_checkpoint_dir
 
 
-
 class AutoGaze:
   """Config + params of one gaze model, with official checkpoint I/O.
 

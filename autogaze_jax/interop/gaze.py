@@ -23,6 +23,9 @@ from autogaze_jax.interop.common import read_safetensors  # noqa: F401  (api.py 
 
 PREFIX = "gazing_model."
 
+# What a gaze checkpoint needs from a hub repo (nothing else is downloaded).
+HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME, PREPROCESSOR_NAME)
+
 
 def name_table(cfg: GazeConfig) -> list[Row]:
   """[(official name, our state path, (to_ours, to_torch))] in official `state_dict()` order."""

@@ -91,6 +91,7 @@ def _bundled_terms(checkpoint: str) -> set[str]:
 def check_loss_terms(checkpoint: str = "", size: str = "default", loss_type: str = "") -> tuple[str, ...]:
   """The terms `load_judge` would score with, checked without loading weights (for config validation)."""
   if checkpoint:
+    checkpoint = resolve_checkpoint_dir(checkpoint, allow_patterns=JUDGE_HUB_FILES, what="judge checkpoint")
     cfg = select_terms(read_config(checkpoint), loss_type)
     require_weights(cfg, _bundled_terms(checkpoint), checkpoint)
   else:

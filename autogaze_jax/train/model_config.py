@@ -11,8 +11,8 @@ import re
 
 from autogaze_jax.gaze.config import GazeConfig, tiny_config
 from autogaze_jax.gaze.sampling import SamplingConfig, SamplingError
-from autogaze_jax.interop.common import CheckpointError
-from autogaze_jax.interop.gaze import read_config
+from autogaze_jax.interop.common import CheckpointError, resolve_checkpoint_dir
+from autogaze_jax.interop.gaze import HUB_FILES, read_config
 from autogaze_jax.train.state import ConfigError
 
 # config.model key -> the GazeConfig field(s) it sets (and the name GazeConfig's own checks use)
@@ -106,7 +106,7 @@ def _gaze_config(config) -> GazeConfig:
   sampling = sampling_config(m)
   if m.get("init"):
     try:
-      base = read_config(m.init)
+      base = read_config(resolve_checkpoint_dir(m.init, allow_patterns=HUB_FILES, what="config.model.init"))
     except CheckpointError as e:
       raise ConfigError(f"config.model.init = {m.init!r}: {e}") from None
     for key, v in values.items():
