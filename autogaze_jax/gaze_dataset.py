@@ -204,8 +204,9 @@ def gaze_video(model, source, out_dir: str, *, gazing_ratio=0.75, task_loss_requ
       last_log = now
       rate = stream.tiles_done / (now - t0)
       total = stream.reader.frame_count_hint
-      eta = (total - stream.frames) / (stream.frames / (now - t0)) if total else float("nan")
-      log.info("[gaze] %s: frame %d%s | %.1f tiles/s | ETA %s", label, stream.frames, f"/{total}" if total else "",
+      seen = chunk["frame_start"] + chunk["num_frames"]
+      eta = (total - seen) / (seen / (now - t0)) if total else float("nan")
+      log.info("[gaze] %s: frame %d%s | %.1f tiles/s | ETA %s", label, seen, f"/{total}" if total else "",
                rate, _fmt(eta))
     del chunk
     if stop_after_chunks is not None and stop_after_chunks():

@@ -72,7 +72,7 @@ def test_stream_equals_gaze_records_round_trip_and_vit(model, tmp_path):
   from autogaze_jax.vit import pipeline as vp
   vit = vp.GazedViT.named("tiny", seed=0)
   emb = gd.VitEmbedder(vit, model.cfg, 0.1, batch_tiles=2)
-  meta = gd.gaze_video(model, fr, str(tmp_path / "r"), vit=emb, **KW)
+  meta = gd.gaze_video(model, fr, str(tmp_path / "r"), vit=emb, log_every_s=0, **KW)   # progress every chunk
   rec = read_gaze(str(tmp_path / "r"))
   assert rec.meta == {**{k: v for k, v in meta.items() if k not in ("seconds", "tiles_per_s")},
                       "format": records.FORMAT, "version": 1, "chunks": 3}
