@@ -35,23 +35,6 @@ _LOSS_TYPE = flags.DEFINE_string("loss_type", "l1+dinov2_reg+siglip2", "loss ter
 _LOSS_WEIGHTS = flags.DEFINE_string("loss_weights", "1+0.3+0.3", "one weight per loss term")
 
 
-def convert(videomae_pt: str, config: str, out: str, dinov2: str | None = None, siglip2: str | None = None,
-            loss_type: str = "l1+dinov2_reg+siglip2", loss_weights: str = "1+0.3+0.3") -> dict:
-  """Run the conversion; returns {part: tensor count, <part>_source: where its tensors came from}."""
-  from autogaze_jax.interop.common import CheckpointError, resolve_checkpoint_dir, resolve_checkpoint_file
-  from autogaze_jax.interop.videomae import TASK_OVERRIDES, convert_task_checkpoint
-  overrides = dict(TASK_OVERRIDES, loss_type=loss_type, loss_weights=loss_weights)
-  net_files = ("config.json", "model.safetensors")
-  try:
-    videomae_pt = resolve_checkpoint_file(videomae_pt, "videomae.pt", what="--videomae_pt")
-    config = resolve_checkpoint_dir(config, allow_patterns=("config.json",), what="--config")
-    dinov2 = dinov2 and resolve_checkpoint_dir(dinov2, allow_patterns=net_files, what="--dinov2")
-    siglip2 = siglip2 and resolve_checkpoint_dir(siglip2, allow_patterns=net_files, what="--siglip2")
-    return convert_task_checkpoint(videomae_pt, config, out, dinov2, siglip2, overrides)
-  except CheckpointError as e:
-    raise SystemExit(f"error: {e}") from None
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -59,7 +42,8 @@ def main(argv):
     raise app.UsageError("--videomae_pt, --config and --out are required")
   from launch.runtime import init_runtime
   init_runtime()
-  counts = convert(_PT.value, _CONFIG.value, _OUT.value, _DINOV2.value, _SIGLIP2.value, _LOSS_TYPE.value,
+  from launch.wiring import convert_judge
+  counts = convert_judge(_PT.value, _CONFIG.value, _OUT.value, _DINOV2.value, _SIGLIP2.value, _LOSS_TYPE.value,
                    _LOSS_WEIGHTS.value)
   print(f"wrote {_OUT.value}/config.json and {_OUT.value}/model.safetensors "
         f"({sum(v for v in counts.values() if isinstance(v, int))} tensors)")

@@ -5,12 +5,15 @@ pipeline and hands the loop an iterator; so do we). The entry points (`launch/tr
   train(config, workdir, stop_after=None)   input iterator + validation clip -> autogaze_jax.train.loop.run
   label(config, workdir)                    judge + clip source -> autogaze_jax.labels.loop.label_dataset
   label_embedded(num_clips, workdir, gcfg, videomae_checkpoint=...)   the same on the embedded dataset
+  convert_judge(videomae_pt, config, out, dinov2, siglip2)   what `launch.convert` runs
+  export_run(workdir, out, step=None)       what `launch.export` runs
 Imports are deferred so `--help` of the entry points stays fast and XLA flags can be set before jax starts.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 
 
 def train(config, workdir: str, stop_after: int | None = None, allow_config_change: bool = False) -> dict:
@@ -136,3 +139,59 @@ def label_embedded(num_clips: int, workdir: str, gcfg, *, videomae_checkpoint: s
                 num_frames=num_frames, clips_per_batch=clips_per_batch, process_index=0, process_count=1,
                 stop_after_batches=stop_after_batches)
   return os.path.join(workdir, LABELS_NAME)
+
+
+def convert_judge(videomae_pt: str, config: str, out: str, dinov2: str | None = None, siglip2: str | None = None,
+                  loss_type: str = "l1+dinov2_reg+siglip2", loss_weights: str = "1+0.3+0.3") -> dict:
+  """`launch.convert`: the official judge `videomae.pt` (+ the vit-mae config.json and the perceptual
+  nets' HF dirs; paths or hub ids) -> a judge dir. Returns {part: tensor count, <part>_source: where its
+  tensors came from}."""
+  from autogaze_jax.interop.common import CheckpointError, resolve_checkpoint_dir, resolve_checkpoint_file
+  from autogaze_jax.interop.videomae import TASK_OVERRIDES, convert_task_checkpoint
+  overrides = dict(TASK_OVERRIDES, loss_type=loss_type, loss_weights=loss_weights)
+  net_files = ("config.json", "model.safetensors")
+  try:
+    videomae_pt = resolve_checkpoint_file(videomae_pt, "videomae.pt", what="--videomae_pt")
+    config = resolve_checkpoint_dir(config, allow_patterns=("config.json",), what="--config")
+    dinov2 = dinov2 and resolve_checkpoint_dir(dinov2, allow_patterns=net_files, what="--dinov2")
+    siglip2 = siglip2 and resolve_checkpoint_dir(siglip2, allow_patterns=net_files, what="--siglip2")
+    return convert_task_checkpoint(videomae_pt, config, out, dinov2, siglip2, overrides)
+  except CheckpointError as e:
+    raise SystemExit(f"error: {e}") from None
+
+
+def export_run(workdir: str, out: str, step: int | None = None) -> str:
+  """`launch.export`: the gaze model of a training run's checkpoint (latest or `step`) -> an official-format
+  dir `out`."""
+  import jax
+  import ml_collections
+  import orbax.checkpoint as ocp
+  from autogaze_jax import AutoGaze
+  from autogaze_jax.gaze.functional import params_from_pure_dict
+  from autogaze_jax.train.algorithm import gaze_config
+  cfg_path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(cfg_path):
+    raise SystemExit(f"error: {workdir} has no config.json (not a launch.train workdir)")
+  config = ml_collections.ConfigDict(json.load(open(cfg_path)))
+  if config.algorithm not in ("ntp", "grpo"):
+    raise SystemExit(f"error: {workdir} trained {config.algorithm!r}; only gaze-model runs (ntp, grpo) export here")
+  mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), item_names=("state", "data"))
+  step = step if step is not None else mngr.latest_step()
+  if step is None:
+    raise SystemExit(f"error: no checkpoint in {workdir}/checkpoints")
+  gcfg = gaze_config(config)  # the run's architecture (the checkpoint's with model.init) and sampling configs
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))["state"]
+  params = restored["params"] if isinstance(restored, dict) else restored.params
+  _, state = params_from_pure_dict(gcfg, _strip_values(jax.tree.map(lambda x: x, params)))
+  AutoGaze(gcfg, state).save_pretrained(out)
+  mngr.close()
+  return out
+
+
+def _strip_values(tree):
+  """orbax restores nnx.State leaves as {'value': array} dicts: unwrap them to a pure dict."""
+  if isinstance(tree, dict):
+    if set(tree) == {"value"}:
+      return tree["value"]
+    return {(int(k) if isinstance(k, str) and k.isdigit() else k): _strip_values(v) for k, v in tree.items()}
+  return tree

@@ -6,7 +6,6 @@ touches a network.
 """
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
@@ -18,38 +17,12 @@ from autogaze_jax.interop.videomae import extractor_config
 from autogaze_jax.judge import perceptual as perc
 from autogaze_jax.judge.load import load_judge
 from autogaze_jax.vit.pipeline import GazedViT
-from launch.convert import convert
+from launch.wiring import convert_judge as convert
 from tests.conftest import FIXTURES
+from tests.hub_cache import SHA_MAIN, SHA_V0, cache_repo, dir_files as _dir_files, hf_home  # noqa: F401 (fixture)
 
 GAZE = os.path.join(FIXTURES, "gaze_tiny")
 PERC = os.path.join(FIXTURES, "videomae_perceptual")
-SHA_MAIN, SHA_V0 = "a" * 40, "b" * 40
-
-
-@pytest.fixture
-def hf_home(tmp_path, monkeypatch):
-  home = tmp_path / "hf"
-  monkeypatch.setenv("HF_HOME", str(home))
-  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-  monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-  return home
-
-
-def cache_repo(home, repo_id, files, sha=SHA_MAIN, refs=("main",)):
-  """Put `files` ({name in repo: source path}) into the hub cache as snapshot `sha`, named by `refs`."""
-  base = home / "hub" / ("models--" + repo_id.replace("/", "--"))
-  snap = base / "snapshots" / sha
-  snap.mkdir(parents=True, exist_ok=True)
-  for name, src in files.items():
-    shutil.copy(src, snap / name)
-  (base / "refs").mkdir(exist_ok=True)
-  for r in refs:
-    (base / "refs" / r).write_text(sha)
-  return str(snap)
-
-
-def _dir_files(d, names=None):
-  return {n: os.path.join(d, n) for n in (names or os.listdir(d)) if os.path.isfile(os.path.join(d, n))}
 
 
 def _same_params(a, b):

@@ -146,7 +146,7 @@ def test_unknown_config_argument():
 
 
 def test_export_cli_from_checkpoint_equals_final_export(uninterrupted, tmp_path):
-  from launch.export import export
+  from launch.wiring import export_run as export
   wd, _ = uninterrupted
   out = export(wd, str(tmp_path / "exp"))
   a, b = _params(wd), jax.tree.map(np.asarray, AutoGaze.from_pretrained(out).pure_params())
