@@ -258,11 +258,17 @@ def main(argv=None):
 
 
 def _settings(args, thr) -> dict:
+  import jax
   from autogaze_jax.gaze_dataset import local_sharding
+  sharding = local_sharding(args.batch_tiles)
+  devs = jax.local_devices()
+  if sharding is None and len(devs) > 1 and devs[0].platform != "cpu":
+    logging.warning(f"WARNING: {len(devs)} local devices but --batch_tiles={args.batch_tiles} is not a multiple of "
+                    f"{len(devs)}: tiles run on one device (pass e.g. --batch_tiles={4 * len(devs)})")
   return dict(gazing_ratio=args.gazing_ratio, task_loss_requirement=thr, resize=args.resize,
               batch_tiles=args.batch_tiles, max_frames=args.max_frames, coupled=args.coupled,
               generate_only=args.generate_only,
-              sharding=local_sharding(args.batch_tiles))
+              sharding=sharding)
 
 
 def run_video(args, model, thr, vit):
