@@ -150,6 +150,8 @@ def main(argv=None):
   ap.add_argument("--remat_train", default="block", help="forward_backward cases")
   ap.add_argument("--runs", type=int, default=3)
   ap.add_argument("--only", default="", help="run only default-config cases whose name contains this")
+  ap.add_argument("--cases", default="", help="comma list of exact default-config case names to run (e.g. "
+                                               "forward_b1_ratio0.1_R2,forward_b4_ratio0.1_R2)")
   ap.add_argument("--skip-tiny", action="store_true")
   ap.add_argument("--attn_impl", default=None, help="override the config's attention (flash, dot_product)")
   ap.add_argument("--attn_block", type=int, default=None, help="override the config's flash attention tile")
@@ -187,7 +189,8 @@ def main(argv=None):
               ("forward_backward", 1, 0.1, 2, True), ("forward_backward", 1, 1.0, 2, args.heavy),
               ("forward_backward", 4, 0.1, 2, args.heavy)]
   for mode, b, ratio, r, execute in cases:
-    if args.only not in f"{mode}_b{b}_ratio{ratio}_R{r}":
+    name = f"{mode}_b{b}_ratio{ratio}_R{r}"
+    if args.only not in name or (args.cases and name not in args.cases.split(",")):
       continue
     gm, pm = (g, p) if mode == "forward" else init_params(cfgs[mode])
     record("default", run_case(cfgs[mode], pm, gm, b, ratio, r, mode, 1 if b * ratio > 1 else args.runs, execute))
