@@ -1,4 +1,4 @@
-"""Evaluate gaze models against a judge on held-out clips: curves, quality, analyses, pictures, report.json.
+r"""Evaluate gaze models against a judge on held-out clips: curves, quality, analyses, pictures, report.json.
 
   python -m launch.evaluate --checkpoint=runs/ntp/export,runs/grpo/export --judge=runs/videomae/export \
       --out=runs/eval [--data=/videos | --data=/arrayrecord_build] [--split=val] [--num_clips=16]
