@@ -51,7 +51,7 @@ def _sizes(scale: str) -> dict:
                 grpo_steps=2, eval_clips=2, ratios=(0.05, 0.2, 0.75), eval_thresholds=1, eval_pictures=1)
   # the README run: about 11 minutes on 2 CPU cores (budget: 20)
   return dict(clips=160, mae_steps=100, mae_steps_scratch=220, label_clips=32, label_budget=8, cands=16, k=8, ntp_steps=60, ntp_batch=8,
-              grpo_steps=20, eval_clips=4, ratios=(0.02, 0.04, 0.08, 0.15, 0.3, 0.6), eval_thresholds=2,
+              grpo_steps=20, eval_clips=4, ratios=(0.02, 0.04, 0.08, 0.15, 0.3, 0.6), eval_thresholds=1,
               eval_pictures=1)
 
 
