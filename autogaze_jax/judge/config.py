@@ -22,6 +22,10 @@ ATTN_IMPLS = ("auto", "flash", "dot_product")    # see core/flash_attention.py, 
 LOSS_TERMS = ("l1", "dinov2_reg", "siglip2")
 
 
+
+class JudgeTermsError(ValueError):
+  """A loss term of the judge's config has no weights (neither bundled nor a configured path)."""
+
 @dataclasses.dataclass(frozen=True)
 class VideoMAEConfig(ConfigBase):
   hidden_size: int = 1024

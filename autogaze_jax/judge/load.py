@@ -18,7 +18,7 @@ from autogaze_jax.interop.common import WEIGHTS_NAME
 from autogaze_jax.interop.videomae import bundled_perceptual, load_checkpoint, read_config
 from autogaze_jax.interop.common import resolve_checkpoint_dir
 from autogaze_jax.judge import perceptual as perc
-from autogaze_jax.judge.config import VideoMAEConfig, tiny_videomae_config
+from autogaze_jax.judge.config import JudgeTermsError, VideoMAEConfig, tiny_videomae_config
 from autogaze_jax.judge.model import abstract_params, init_params
 
 SIZES = ("tiny", "small", "default")
@@ -51,10 +51,6 @@ class Judge:
   def loss_terms(self) -> list[str]:
     """The terms this judge actually scores with (l1 plus the perceptual terms that have weights)."""
     return [t for t in self.cfg.loss_type if t == "l1" or t in self.perceptual]
-
-
-class JudgeTermsError(ValueError):
-  """A loss term of the judge's config has no weights (neither bundled nor a configured path)."""
 
 
 def select_terms(cfg: VideoMAEConfig, loss_type: str = "") -> VideoMAEConfig:

@@ -7,17 +7,13 @@ frames to reconstruct are an index array of static length R; per-frame slot coun
 """
 from __future__ import annotations
 
-import logging
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from autogaze_jax.judge.model import forward, slot_frames
 from autogaze_jax.judge.perceptual import PerceptualNet, feature_loss
-from autogaze_jax.judge.config import VideoMAEConfig
-
-log = logging.getLogger(__name__)
+from autogaze_jax.judge.config import JudgeTermsError, VideoMAEConfig
 
 
 def frame_losses(cfg: VideoMAEConfig, pred: jax.Array, target: jax.Array,
@@ -26,8 +22,8 @@ def frame_losses(cfg: VideoMAEConfig, pred: jax.Array, target: jax.Array,
 
   loss = sum_i w_i * term_i over `cfg.loss_type` (official `forward_loss`, list order): `l1` = mean
   |pred - target| over C,H,W; `dinov2_reg` / `siglip2` = mean squared difference of the extractors'
-  last-4-layer features. A perceptual term whose net is not in `perceptual` is skipped with a
-  warning (logged once per trace), so the total then has fewer terms than the config lists.
+  last-4-layer features. A perceptual term whose net is not in `perceptual` is a `JudgeTermsError`:
+  a total with a term silently missing would change what a loss threshold means.
   """
   perceptual = perceptual or {}
   b, r = pred.shape[:2]
@@ -41,9 +37,9 @@ def frame_losses(cfg: VideoMAEConfig, pred: jax.Array, target: jax.Array,
       flat = lambda x: x.reshape(b * r, *x.shape[2:])  # noqa: E731
       val = feature_loss(perceptual[term], flat(pred), flat(target), cfg.jnp_dtype).reshape(b, r)
     else:
-      log.warning("reconstruction loss term %r (weight %s) skipped: no local weights given "
-                  "(set VideoMAEConfig.%s_weights to a safetensors path)", term, weight, term)
-      continue
+      raise JudgeTermsError(f"loss term {term!r} (weight {weight}) of loss_type {'+'.join(cfg.loss_type)} has no "
+                            f"perceptual net: load the judge with judge.load.load_judge, or choose its terms "
+                            f"(select_terms / loss_type='l1')")
     terms[term] = val
     total = total + weight * val
   return total, terms

@@ -24,7 +24,7 @@ from autogaze_jax.interop.common import CheckpointError, read_safetensors
 from autogaze_jax.interop.torch_pickle import UnsafeCheckpointError, read_torch_state_dict
 from autogaze_jax.interop.videomae import (PERCEPTUAL_CONFIG, TASK_OVERRIDES, convert_task_checkpoint)
 from autogaze_jax.judge.load import JudgeTermsError, check_loss_terms, load_judge
-from autogaze_jax.judge.losses import reconstruction_task
+from autogaze_jax.judge.losses import frame_losses, reconstruction_task
 from autogaze_jax.judge.perceptual import features as perceptual_features, to_input as perceptual_to_input
 from autogaze_jax.train.registry import ALGORITHMS
 from autogaze_jax.train.state import ConfigError
@@ -396,6 +396,9 @@ def test_a_term_without_weights_is_a_named_error(judge_dir, tmp_path):
     load_judge(out)
   with pytest.raises(JudgeTermsError, match="dinov2_reg"):
     check_loss_terms(out)                              # the same answer from the headers alone
+  x = jnp.zeros((1, 1, 3, 224, 224))
+  with pytest.raises(JudgeTermsError, match="'dinov2_reg'"):   # and never a total missing a term
+    frame_losses(load_judge(judge_dir[0]).cfg, x, x, {})
   assert check_loss_terms(out, loss_type="l1") == ("l1",) and load_judge(out, loss_type="l1").perceptual == {}
   # in a training config it is a ConfigError naming the key, raised at validation
   c = grpo_cfg.get_config("smoke")
