@@ -16,7 +16,7 @@ from flax import nnx
 
 from autogaze_jax.api import AutoGaze
 from autogaze_jax.core.patches import ScaleLayout
-from autogaze_jax.evaluation import viz
+from autogaze_jax.evaluation import canvas, curves, quality, viz
 from autogaze_jax.gaze.config import GazeConfig
 from autogaze_jax.judge.load import JudgeTermsError, check_loss_terms, judge_config
 from autogaze_jax.train import model_config
@@ -69,8 +69,12 @@ class Algorithm(Protocol):
 
   def make_step(self, config, models: Models, tx, schedule) -> Step: ...
 
-  def picture(self, config, graphdef, params, frames: np.ndarray, workdir: str, step: int) -> dict:
-    """{name: (H, W, 3) uint8} for TensorBoard (may be empty), drawn on the validation clip `frames`."""
+  def picture(self, config, graphdef, params, frames: np.ndarray, workdir: str, step: int, judge=None) -> dict:
+    """{name: (H, W, 3) uint8} for TensorBoard (may be empty), drawn on the validation clip `frames`;
+    `judge` (graphdef, params, perceptual): the run's frozen judge, when it has one."""
+
+  def picture_judge(self, models: Models):
+    """The judge the pictures reconstruct with (`.graphdef`, `.params`, `.perceptual`), or None."""
 
   def export(self, config, graphdef, params, workdir: str) -> None:
     """Write the final model in its official format to WORKDIR/export."""
@@ -124,15 +128,28 @@ class GazeModelAlgorithm:
   def optimizer(self, config):
     return make_optimizer(config.optimizer, config.train.num_steps)
 
-  def picture(self, config, graphdef, params, frames, workdir, step) -> dict:
-    """The validation clip gazed greedily at `config.train.picture_ratio`: per-scale rows written to
+  def picture_judge(self, models: Models):
+    return None
+
+  def picture(self, config, graphdef, params, frames, workdir, step, judge=None) -> dict:
+    """The validation clip gazed greedily at `config.train.picture_ratio`, drawn as `launch.evaluate`'s
+    side by side (original / gazed patches / the judge's reconstruction when the run has a judge /
+    interframe canvas, with per-frame PSNR) above one row per scale; written to
     WORKDIR/pictures/step_NNNNNN.png and returned as {"val_gaze": image}."""
     gaze = _gaze(graphdef, params)
-    out = gaze.generate(gaze.processor.normalize(frames)[None], config.train.picture_ratio, None, generate_only=True)
+    pv = gaze.processor.normalize(frames)[None]
+    out = gaze.generate(pv, config.train.picture_ratio, None, generate_only=True)
+    rec = None
+    if judge is not None:
+      _, r = curves.judge_score_fn(judge)(pv, out)
+      rec = quality.unit_to_uint8(quality.task_to_unit(r, gaze.processor))[0]
+    pos, pad, layout = out["gazing_pos"][0], out["if_padded_gazing"][0], ScaleLayout.from_gaze_config(gaze.cfg)
+    rows, labels, _ = canvas.comparison_rows(frames, pos, pad, layout, rec)
+    rows += viz.per_scale_rows(frames, pos, pad, layout)
+    labels += [f"scale {s}" for s in layout.scales]
     os.makedirs(os.path.join(workdir, "pictures"), exist_ok=True)
     path = os.path.join(workdir, "pictures", f"step_{step:06d}.png")
-    img = viz.training_picture(path, frames, out["gazing_pos"][0], out["if_padded_gazing"][0],
-                               ScaleLayout.from_gaze_config(gaze.cfg))
+    img = viz.save_png_grid(path, rows, labels)
     logging.info("validation gaze picture: %s", path)
     return {"val_gaze": img}
 

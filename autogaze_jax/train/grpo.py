@@ -26,7 +26,7 @@ from flax import nnx
 
 from autogaze_jax.gaze import sampling as S
 from autogaze_jax.gaze.rollout import RolloutSpec, slot_ids, rollout_frames
-from autogaze_jax.judge.load import load_judge
+from autogaze_jax.judge.load import Judge, load_judge
 from autogaze_jax.judge.losses import reconstruction_task
 from autogaze_jax.train.algorithm import GazeModelAlgorithm, Models, gaze_config, mean_over_batches, validate_judge
 from autogaze_jax.train.ntp import NORM_EPS
@@ -193,6 +193,9 @@ class GRPO(GazeModelAlgorithm):
     judge = load_judge(v.checkpoint, v.size, seed=config.train.seed, loss_type=v.get("loss_type", ""))
     return Models(gaze.graphdef, gaze.params, judge.graphdef,
                   {"videomae": judge.params, "perceptual": judge.perceptual})
+
+  def picture_judge(self, models: Models):
+    return Judge(None, models.frozen_graphdef, models.frozen["videomae"], models.frozen["perceptual"])
 
   def make_step(self, config, models: Models, tx, schedule):
     gcfg = gaze_config(config)

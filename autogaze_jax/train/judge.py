@@ -172,7 +172,10 @@ class JudgeTraining:
   def make_step(self, config, models: Models, tx, schedule_fn):
     return make_train_step(self.train_config(config), models.graphdef, tx)
 
-  def picture(self, config, graphdef, params, frames, workdir, step) -> dict:
+  def picture_judge(self, models: Models):
+    return None
+
+  def picture(self, config, graphdef, params, frames, workdir, step, judge=None) -> dict:
     return {}
 
   def export(self, config, graphdef, params, workdir):

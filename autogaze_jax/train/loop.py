@@ -494,6 +494,7 @@ def _train(config, workdir, data, picture_frames, stop_after, val_batches=None) 
   metrics, batch = {}, first
   step = start
   draw = picture_frames is not None and config.train.picture_every > 0
+  picture_judge = algo.picture_judge(models) if draw else None
   failed = True
   loud_again = _quiet_orbax_failures()
   try:
@@ -517,7 +518,8 @@ def _train(config, workdir, data, picture_frames, stop_after, val_batches=None) 
         ckpt.save(step, state, data)
       if draw and step % config.train.picture_every == 0:
         local = host_local(state.params)   # every process takes part; only process 0 draws
-        images = algo.picture(config, graphdef, local, picture_frames, workdir, step) if is_main else {}
+        images = (algo.picture(config, graphdef, local, picture_frames, workdir, step, judge=picture_judge)
+                  if is_main else {})
         if images:
           writer.write_images(step, images)
       if stop["stop"]:

@@ -12,6 +12,7 @@ import os
 
 import jax
 import numpy as np
+from PIL import Image
 
 from autogaze_jax import AutoGaze
 from autogaze_jax.judge.load import load_judge
@@ -89,6 +90,7 @@ def test_real_assets_route_on_the_fixtures(tmp_path, hf_home):
   c = _small(grpo_cfg.get_config("smoke,steps=2,batch=2"))
   c.model.init, c.videomae.checkpoint = ntp_export, judge_dir
   c.data.source, c.data.path, c.grpo.group_size = "folder", videos, 2
+  c.train.picture_every = 2
   grpo_wd = str(tmp_path / "grpo")
   train(c, grpo_wd)
   rows = _metrics(grpo_wd)
@@ -98,6 +100,10 @@ def test_real_assets_route_on_the_fixtures(tmp_path, hf_home):
     assert all(v < 0 for v in terms.values()), terms
     np.testing.assert_allclose(r["reward_mean"], terms["l1"] + 0.3 * terms["dinov2_reg"] + 0.3 * terms["siglip2"],
                                rtol=1e-5)
+
+  # its picture: original / gazed / the judge's reconstruction / canvas, then one row per scale
+  img = np.asarray(Image.open(os.path.join(grpo_wd, "pictures", "step_000002.png")))
+  assert img.shape[0] > (4 + len(released.cfg.scales)) * 224 and img.std() > 0
 
   # export (the run exported at its end; launch.export writes the same from the last checkpoint)
   out = export_run(grpo_wd, str(tmp_path / "final"))
