@@ -22,6 +22,7 @@ import numpy as np
 
 from autogaze_jax.core.patches import ScaleLayout
 from autogaze_jax.evaluation import analysis, canvas, curves
+from autogaze_jax.evaluation import figures as figs
 from autogaze_jax.evaluation import evaluate as ev
 from autogaze_jax.evaluation.writers import Progress
 from autogaze_jax.interop.common import CheckpointError
@@ -138,7 +139,6 @@ def evaluate_models(models: dict, judge, frames_uint8, out_dir: str, *, ratios=D
   with open(os.path.join(out_dir, "report.json"), "w") as f:
     json.dump(report, f, indent=1, allow_nan=False)
   if figures:
-    from autogaze_jax.evaluation import figures as figs
     report["figures"] = {"curves": figs.plot_curves(report, os.path.join(out_dir, "curves.png")),
                          "analysis": figs.plot_analysis(report, os.path.join(out_dir, "analysis.png"))}
   logging.info("evaluation written to %s", out_dir)
