@@ -1,6 +1,5 @@
 """VideoMAE task model: fixture parity, block causality, sharding, checkpoints, bad input, training."""
 import functools
-import logging
 import os
 
 import jax
@@ -15,7 +14,8 @@ from autogaze_jax.interop.videomae import load_checkpoint, official_to_params, s
 from autogaze_jax.judge.losses import frame_losses, reconstruction_task
 from autogaze_jax.judge.model import check_gaze_inputs, init_params
 from autogaze_jax.core.sharding import make_mesh, param_specs, shard_batch, shard_params
-from autogaze_jax.judge.config import VideoMAEConfig, tiny_videomae_config
+from autogaze_jax.judge.config import JudgeTermsError, VideoMAEConfig, tiny_videomae_config
+from autogaze_jax.judge.load import select_terms
 from autogaze_jax.train.judge import VideoMAETrainConfig, make_optimizer, make_train_step, random_gaze
 from autogaze_jax.train.state import TrainState
 
@@ -297,7 +297,7 @@ TINY_SIGLIP = pc.ExtractorConfig("siglip2", hidden_size=16, num_layers=4, num_he
                                  patch_size=16, num_registers=0, pos_grid=14)
 
 
-def test_perceptual_load_features_and_weighted_loss(tmp_path, caplog):
+def test_perceptual_load_features_and_weighted_loss(tmp_path):
   from safetensors.numpy import save_file
   nets = {}
   for name, ecfg, prefix in (("dinov2_reg", TINY_DINO, "dinov2_reg."), ("siglip2", TINY_SIGLIP, "")):
@@ -321,9 +321,10 @@ def test_perceptual_load_features_and_weighted_loss(tmp_path, caplog):
   assert (np.asarray(terms["dinov2_reg"]) > 0).all() and (np.asarray(terms["siglip2"]) > 0).all()
   zero, zterms = frame_losses(cfg, x, x, nets)
   np.testing.assert_allclose(zero, 0.0, atol=1e-6)
-  with caplog.at_level(logging.WARNING, logger="autogaze_jax.judge.losses"):
-    only_l1, t1 = frame_losses(cfg, y, x, None)
-  assert set(t1) == {"l1"} and "skipped" in caplog.text and "dinov2_reg" in caplog.text
+  with pytest.raises(JudgeTermsError, match="'dinov2_reg'"):   # a term without its net is an error, never skipped
+    frame_losses(cfg, y, x, None)
+  only_l1, t1 = frame_losses(select_terms(cfg, "l1"), y, x, None)   # L1 alone, chosen explicitly
+  assert set(t1) == {"l1"}
   np.testing.assert_allclose(only_l1, terms["l1"])
 
 
