@@ -252,6 +252,28 @@ def frame_groups(counts: tuple[int, ...], start: int, min_rows: int) -> tuple[tu
   return tuple(groups)
 
 
+def embed_slots(cfg: VideoMAEConfig, emb: Embeddings, patches: jax.Array, ids: jax.Array) -> jax.Array:
+  """Encoder input (B,N,D) float32 of the global ids (B,N), gathered from `pixel_patches` (B,T*V,P)."""
+  v = cfg.tokens_per_frame
+  pix = jnp.take_along_axis(patches, ids[..., None], axis=1)
+  kernel = emb.patch_kernel[...].reshape(cfg.patch_dim, cfg.hidden_size)
+  tok = dense(pix.astype(cfg.jnp_dtype), kernel, emb.patch_bias[...]).astype(jnp.float32)
+  return tok + _encoder_add_table(cfg, emb)[ids % v] + _time(emb, ids // v)
+
+
+def encoder_cls(cfg: VideoMAEConfig, emb: Embeddings, b: int) -> jax.Array:
+  """(B,1,D) the encoder's cls row (cls token + its position row)."""
+  cls = emb.cls_token[...] + emb.position_embeddings[...][:, :1]
+  return jnp.broadcast_to(cls, (b, 1, cfg.hidden_size))
+
+
+def decoder_rows(cfg: VideoMAEConfig, dec: Decoder, y: jax.Array, ids: jax.Array, table: jax.Array) -> jax.Array:
+  """Decoder input rows: embedded tokens y (B,L,Dd) at global ids (L,) or (B,L), plus the resampled position
+  table (`_decoder_add_table`, passed in so callers build it once) and the time row."""
+  v = cfg.tokens_per_frame
+  return y + table[ids % v] + _time(dec, ids // v)
+
+
 def encode(model: VideoMAE, video, gazing_pos, if_padded_gazing, num_gazing_each_frame, static_counts=None):
   """Encoder over the gazed tokens. Returns (hidden (B,1+N,D) after the final LayerNorm, ids (B,N),
   real (B,N) bool, seg (N,) frame of each slot). `static_counts`: see `forward`."""
@@ -264,12 +286,8 @@ def encode(model: VideoMAE, video, gazing_pos, if_padded_gazing, num_gazing_each
   ids = jnp.where(real, gazing_pos, 0).astype(jnp.int32)  # padded -> canvas token 0 (official dummy)
   seg = slot_frames(num_gazing_each_frame, n)
 
-  pix = jnp.take_along_axis(pixel_patches(cfg, video), ids[..., None], axis=1)
-  kernel = emb.patch_kernel[...].reshape(cfg.patch_dim, cfg.hidden_size)
-  tok = dense(pix.astype(cfg.jnp_dtype), kernel, emb.patch_bias[...]).astype(jnp.float32)
-  tok = tok + _encoder_add_table(cfg, emb)[ids % v] + _time(emb, ids // v)
-  cls = emb.cls_token[...] + emb.position_embeddings[...][:, :1]
-  x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, cfg.hidden_size)), tok], axis=1)
+  tok = embed_slots(cfg, emb, pixel_patches(cfg, video), ids)
+  x = jnp.concatenate([encoder_cls(cfg, emb, b), tok], axis=1)
 
   q_seg = _seg_rows(cfg, b, jnp.concatenate([jnp.full((1,), -1, jnp.int32), seg]))
   k_valid = jnp.concatenate([jnp.ones((b, 1), bool), real], axis=1)
@@ -302,15 +320,14 @@ def decode(model: VideoMAE, enc, ids, real, seg, frame_idx_to_reconstruct, num_f
   nr = r_idx.shape[0]
   y = dense(enc.astype(cfg.jnp_dtype), dec.decoder_embed.kernel[...], dec.decoder_embed.bias[...]).astype(jnp.float32)
   table = _decoder_add_table(cfg, dec)
-  slots = y[:, 1:] + table[ids % v] + _time(dec, ids // v)
+  slots = decoder_rows(cfg, dec, y[:, 1:], ids, table)
 
   # canvas of the R frames: mask tokens, encoder outputs scattered back at their ids
   canvas = jnp.broadcast_to(dec.mask_token[...].reshape(1, 1, dd), (b, num_frames * v + 1, dd))
   canvas = canvas.at[jnp.arange(b)[:, None], jnp.where(real, ids, num_frames * v)].set(y[:, 1:])
   full_ids = (r_idx[:, None] * v + jnp.arange(v)[None]).reshape(-1)
-  local = jnp.tile(jnp.arange(v), nr)
   frames = jnp.repeat(r_idx, v)
-  full = canvas[:, full_ids] + table[local] + _time(dec, frames)
+  full = decoder_rows(cfg, dec, canvas[:, full_ids], full_ids, table)
   cls = y[:, :1] + dec.decoder_pos_embed[...][:, :1]
   x = jnp.concatenate([cls, slots, full], axis=1)
 

@@ -50,10 +50,12 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from autogaze_jax.judge import prefix_cache
 from autogaze_jax.judge.losses import reconstruction_task
 
 CANDIDATE_MODES = ("all", "random", "coarse_to_fine")
 LOSS_DECIMALS = 5          # losses as floats with 4-5 decimals
+_OWN_BUCKET = 16           # cached search: own-set slots rounded up to this (few compiles, few wasted rows)
 _STEP_STRIDE = 1 << 12     # rng fold-in: t * stride + step (a frame never has 4096 steps)
 
 
@@ -73,6 +75,8 @@ class GreedyConfig:
   slot_bucket: int = 64            # gaze slots per evaluated set rounded up to a multiple of this (compiles)
   candidate_chunk: int = 0         # evaluate at most this many sets per clip at once (0 = all; memory)
   seed: int = 0                    # candidate subsampling randomness (per clip, frame and step)
+  prefix_cache: bool = True        # earlier frames' keys/values computed once per round (block-causal judge;
+                                   # same labels, ~5x less work, see judge/prefix_cache.py); False: full forwards
 
   def __post_init__(self):
     def need(ok, field, want):
@@ -167,27 +171,54 @@ def set_losses(graphdef, params, perceptual, video, prefix, t, set_ids, set_len,
   set_len (B,M) int32; n_slots (static) gaze slots per set (>= plen + set_len). The candidate axis M is
   sharded over `mesh`'s data axis when it divides; `chunk` bounds how many sets of a clip run at once.
   """
-  b, m, c = set_ids.shape
   v = nnx.merge(graphdef, params).cfg.tokens_per_frame
   r = jnp.reshape(t, (1,)).astype(jnp.int32)
-  if mesh is not None and m % mesh.shape["data"] == 0:
-    set_ids = jax.lax.with_sharding_constraint(set_ids, NamedSharding(mesh, P(None, "data", None)))
-    set_len = jax.lax.with_sharding_constraint(set_len, NamedSharding(mesh, P(None, "data")))
 
   def per_clip(vid, pids, plen, pcnt, sids, slen):
     def per_set(ids, n):
       gp, pad, counts = pack_candidate_set(pids, plen, pcnt, t, ids, n, n_slots, v)
       out = reconstruction_task(graphdef, params, vid[None], gp[None], pad[None], counts, r, perceptual)
       return out["loss_each_reconstruction_frame"][0, 0]
-    if chunk and m > chunk:
-      nc = -(-m // chunk)
-      mp = nc * chunk
-      ids = jnp.pad(sids, ((0, mp - m), (0, 0))).reshape(nc, chunk, c)
-      lens = jnp.pad(slen, (0, mp - m), constant_values=1).reshape(nc, chunk)
-      return jax.lax.map(lambda a: jax.vmap(per_set)(*a), (ids, lens)).reshape(mp)[:m]
-    return jax.vmap(per_set)(sids, slen)
+    return _over_sets(per_set, sids, slen, chunk)
 
-  return jax.vmap(per_clip)(video, *prefix, set_ids, set_len)
+  return jax.vmap(per_clip)(video, *prefix, _shard_sets(set_ids, mesh), _shard_sets(set_len, mesh))
+
+
+def cached_set_losses(graphdef, params, perceptual, video, prefix, t, set_ids, set_len, *, n_prefix: int,
+                      n_own: int, chunk: int = 0, mesh=None) -> jax.Array:
+  """`set_losses` with the earlier frames cached: their encoder/decoder keys and values are computed once
+  per clip (`judge.prefix_cache`) and each candidate set runs only its own slots and frame t's rows.
+  Same (B,M) losses up to float summation order. n_prefix (static) >= every clip's plen; n_own (static)
+  >= every set_len. Needs a block-causal judge."""
+  pids, plen = prefix[0], prefix[1]
+  pids = jnp.pad(pids, ((0, 0), (0, max(0, n_prefix - pids.shape[1]))))[:, :n_prefix]
+  set_ids = jnp.pad(set_ids, ((0, 0), (0, 0), (0, max(0, n_own - set_ids.shape[2]))))[:, :, :n_own]
+
+  def per_clip(vid, ids, n_pre, sids, slen):
+    cache = prefix_cache.prefix_kv(graphdef, params, vid[None], ids, n_pre)
+    per_set = lambda s, n: prefix_cache.frame_loss(graphdef, params, perceptual, vid[None], cache, t, s, n)  # noqa: E731
+    return _over_sets(per_set, sids, slen, chunk)
+
+  return jax.vmap(per_clip)(video, pids, plen, _shard_sets(set_ids, mesh), _shard_sets(set_len, mesh))
+
+
+def _shard_sets(x, mesh):
+  """Shard the candidate axis (axis 1) over the mesh's data axis when it divides."""
+  if mesh is None or x.shape[1] % mesh.shape["data"]:
+    return x
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, "data", *([None] * (x.ndim - 2)))))
+
+
+def _over_sets(per_set, sids, slen, chunk: int):
+  """per_set over a clip's M candidate sets (M,C)/(M,): one vmap, or `chunk` sets at a time (memory)."""
+  m, c = sids.shape
+  if chunk and m > chunk:
+    nc = -(-m // chunk)
+    mp = nc * chunk
+    ids = jnp.pad(sids, ((0, mp - m), (0, 0))).reshape(nc, chunk, c)
+    lens = jnp.pad(slen, (0, mp - m), constant_values=1).reshape(nc, chunk)
+    return jax.lax.map(lambda a: jax.vmap(per_set)(*a), (ids, lens)).reshape(mp)[:m]
+  return jax.vmap(per_set)(sids, slen)
 
 
 # ---------------------------------------------------------------- one greedy step
@@ -210,11 +241,13 @@ def _pad_to(x, m, value):
 
 
 def greedy_step(graphdef, params, perceptual, video, prefix, t, clip_ids, st: FrameState, *, gcfg: GreedyConfig,
-                n_slots: int, mesh=None) -> tuple[FrameState, jax.Array]:
+                n_slots: int, n_own: int = 0, mesh=None) -> tuple[FrameState, jax.Array]:
   """One evaluation round for B clips at frame t: returns (new state, evaluations per clip (scalar)).
 
-  prefix: see `set_losses`; clip_ids (B,) int32 seeds the per-clip candidate subsampling; `n_slots`
-  (static) >= plen + n + k_per_step for every active clip. Done clips are left unchanged.
+  prefix: see `set_losses`; clip_ids (B,) int32 seeds the per-clip candidate subsampling. Static shapes:
+  n_own = 0: full forwards (`set_losses`), `n_slots` >= plen + n + k_per_step for every active clip;
+  n_own > 0: cached prefix (`cached_set_losses`), `n_slots` >= every plen and `n_own` >= n + k_per_step.
+  Done clips are left unchanged.
   """
   cfg = nnx.merge(graphdef, params).cfg
   v = cfg.tokens_per_frame
@@ -224,8 +257,12 @@ def greedy_step(graphdef, params, perceptual, video, prefix, t, clip_ids, st: Fr
   own = st.own_ids
   cap = own.shape[1]
   chosen = _chosen_mask(st.own_ids, st.n, v)
-  evaluate = functools.partial(set_losses, graphdef, params, perceptual, video, prefix, t,
-                               n_slots=n_slots, chunk=gcfg.candidate_chunk, mesh=mesh)
+  if n_own:
+    evaluate = functools.partial(cached_set_losses, graphdef, params, perceptual, video, prefix, t, n_prefix=n_slots,
+                                 n_own=n_own, chunk=gcfg.candidate_chunk, mesh=mesh)
+  else:
+    evaluate = functools.partial(set_losses, graphdef, params, perceptual, video, prefix, t,
+                                 n_slots=n_slots, chunk=gcfg.candidate_chunk, mesh=mesh)
 
   def score(cand, valid):
     """Single-add losses of candidates (B,M) (invalid -> +inf), padded so M divides the data axis."""
@@ -308,7 +345,7 @@ def greedy_step(graphdef, params, perceptual, video, prefix, t, clip_ids, st: Fr
 
 # static: the model structure, the search settings, the slot count and the mesh; jax's own compile cache
 # then shares programs between labelers built with equal settings
-_greedy_step_jit = jax.jit(greedy_step, static_argnames=("graphdef", "gcfg", "n_slots", "mesh"))
+_greedy_step_jit = jax.jit(greedy_step, static_argnames=("graphdef", "gcfg", "n_slots", "n_own", "mesh"))
 
 
 # ---------------------------------------------------------------- search over clips
@@ -342,6 +379,7 @@ class GreedyLabeler:
     self.step = functools.partial(_greedy_step_jit, graphdef=graphdef, gcfg=gcfg, mesh=mesh)
     self.evals = 0
     self.steps = 0
+    self.cached = gcfg.prefix_cache and self.cfg.causal   # a non-causal judge has no fixed prefix
     v = self.cfg.tokens_per_frame
     if gcfg.budget > v:
       raise ValueError(f"GreedyConfig.budget = {gcfg.budget} > {v} tokens per frame")
@@ -370,10 +408,13 @@ class GreedyLabeler:
       st = init_frame_state(b, g.budget)
       n_host, done_host = np.zeros((b,), np.int64), np.zeros((b,), bool)
       while not done_host.all():
-        need = int((plen + n_host)[~done_host].max()) + g.k_per_step
-        n_slots = _round_up(need, g.slot_bucket)
+        if self.cached:   # prefix rounded to slot_bucket (fixed per frame), own set to _OWN_BUCKET
+          n_slots = _round_up(int(plen.max()), g.slot_bucket)
+          n_own = _round_up(int(n_host[~done_host].max()) + g.k_per_step, _OWN_BUCKET)
+        else:
+          n_slots, n_own = _round_up(int((plen + n_host)[~done_host].max()) + g.k_per_step, g.slot_bucket), 0
         st, ne = self.step(params=self.params, perceptual=self.perceptual, video=video, prefix=prefix,
-                           t=jnp.int32(t), clip_ids=clip_ids, st=st, n_slots=n_slots)
+                           t=jnp.int32(t), clip_ids=clip_ids, st=st, n_slots=n_slots, n_own=n_own)
         ne = int(ne)
         evals += ne
         self.evals += ne * b
