@@ -1,7 +1,7 @@
 """The judge's forward for one reconstructed frame with the earlier frames cached (greedy label search).
 
 Under the block-causal mask, the rows of frames < t (encoder: cls + their gaze slots; decoder: cls + their
-slots) attend only to cls and frames <= their own, so while frame t is searched (docs/labels.md) their
+slots) attend only to cls and frames <= their own, so while frame t is searched (labels/greedy.py) their
 hidden states, and hence every layer's keys and values, are the same for every candidate set. `prefix_kv`
 computes those keys/values once; `frame_loss` then runs only what a candidate changes:
 

@@ -20,6 +20,13 @@ reconstructed frame. N is the batch's longest set rounded up to `slot_bucket`, s
 most `slot_bucket - 1` wasted slots and each distinct N compiles once (about T*k_t/slot_bucket programs
 per run). `tests/labels/test_greedy.py` checks the packed layout against the natural one.
 
+Prefix cache (`GreedyConfig.prefix_cache`, on by default for a block-causal judge): while frame t is
+searched the earlier frames' rows attend only to cls and frames <= their own, so their keys/values in every
+encoder and decoder layer are computed once per round (`prefix_caches`) and each candidate set runs only
+its own slots and frame t's 265 decoder rows (`cached_set_losses`, judge/prefix_cache.py). Same losses up
+to float summation order, same labels (tests/labels/test_greedy_cache.py); with the ViT-MAE-L judge a set
+costs ~27 GFLOP instead of 60-335 (frame 0-15 of a ratio-0.1 clip): benchmarks/greedy.py.
+
 Variants (`GreedyConfig`; each changes the labels slightly, the variant name goes in the side file):
   candidates="all"             exact greedy: all 265 ids, chosen ones masked.
   candidates="random"          `num_candidates` random unchosen ids per step (stochastic greedy).
@@ -184,22 +191,26 @@ def set_losses(graphdef, params, perceptual, video, prefix, t, set_ids, set_len,
   return jax.vmap(per_clip)(video, *prefix, _shard_sets(set_ids, mesh), _shard_sets(set_len, mesh))
 
 
-def cached_set_losses(graphdef, params, perceptual, video, prefix, t, set_ids, set_len, *, n_prefix: int,
-                      n_own: int, chunk: int = 0, mesh=None) -> jax.Array:
-  """`set_losses` with the earlier frames cached: their encoder/decoder keys and values are computed once
-  per clip (`judge.prefix_cache`) and each candidate set runs only its own slots and frame t's rows.
-  Same (B,M) losses up to float summation order. n_prefix (static) >= every clip's plen; n_own (static)
-  >= every set_len. Needs a block-causal judge."""
-  pids, plen = prefix[0], prefix[1]
-  pids = jnp.pad(pids, ((0, 0), (0, max(0, n_prefix - pids.shape[1]))))[:, :n_prefix]
+def prefix_caches(graphdef, params, video, prefix, *, n_prefix: int) -> prefix_cache.PrefixKV:
+  """Every clip's cached earlier frames (batched `judge.prefix_cache.PrefixKV`): computed once per round.
+  prefix: see `set_losses`; n_prefix (static) >= every clip's plen."""
+  pids = jnp.pad(prefix[0], ((0, 0), (0, max(0, n_prefix - prefix[0].shape[1]))))[:, :n_prefix]
+  return jax.vmap(lambda vid, ids, n: prefix_cache.prefix_kv(graphdef, params, vid[None], ids, n))(
+      video, pids, prefix[1])
+
+
+def cached_set_losses(graphdef, params, perceptual, video, caches, t, set_ids, set_len, *, n_own: int,
+                      chunk: int = 0, mesh=None) -> jax.Array:
+  """`set_losses` against `prefix_caches`: each candidate set runs only its own slots and frame t's rows
+  (`judge.prefix_cache`). Same (B,M) losses up to float summation order. n_own (static) >= every set_len.
+  Needs a block-causal judge."""
   set_ids = jnp.pad(set_ids, ((0, 0), (0, 0), (0, max(0, n_own - set_ids.shape[2]))))[:, :, :n_own]
 
-  def per_clip(vid, ids, n_pre, sids, slen):
-    cache = prefix_cache.prefix_kv(graphdef, params, vid[None], ids, n_pre)
+  def per_clip(vid, cache, sids, slen):
     per_set = lambda s, n: prefix_cache.frame_loss(graphdef, params, perceptual, vid[None], cache, t, s, n)  # noqa: E731
     return _over_sets(per_set, sids, slen, chunk)
 
-  return jax.vmap(per_clip)(video, pids, plen, _shard_sets(set_ids, mesh), _shard_sets(set_len, mesh))
+  return jax.vmap(per_clip)(video, caches, _shard_sets(set_ids, mesh), _shard_sets(set_len, mesh))
 
 
 def _shard_sets(x, mesh):
@@ -257,9 +268,10 @@ def greedy_step(graphdef, params, perceptual, video, prefix, t, clip_ids, st: Fr
   own = st.own_ids
   cap = own.shape[1]
   chosen = _chosen_mask(st.own_ids, st.n, v)
-  if n_own:
-    evaluate = functools.partial(cached_set_losses, graphdef, params, perceptual, video, prefix, t, n_prefix=n_slots,
-                                 n_own=n_own, chunk=gcfg.candidate_chunk, mesh=mesh)
+  if n_own:   # the earlier frames once per round, shared by every evaluation below
+    caches = prefix_caches(graphdef, params, video, prefix, n_prefix=n_slots)
+    evaluate = functools.partial(cached_set_losses, graphdef, params, perceptual, video, caches, t, n_own=n_own,
+                                 chunk=gcfg.candidate_chunk, mesh=mesh)
   else:
     evaluate = functools.partial(set_losses, graphdef, params, perceptual, video, prefix, t,
                                  n_slots=n_slots, chunk=gcfg.candidate_chunk, mesh=mesh)

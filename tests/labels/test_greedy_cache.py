@@ -54,8 +54,10 @@ def test_cached_set_losses_equal_full_forward(mini, t):
   n_full = greedy._round_up(int(prefix[1].max()) + BUDGET, 8)
   full = jax.jit(functools.partial(greedy.set_losses, graphdef, n_slots=n_full))(
       params, {}, video, prefix, jnp.int32(t), sets, lens)
-  cached = jax.jit(functools.partial(greedy.cached_set_losses, graphdef, n_prefix=int(prefix[1].max()) + 3,
-                                     n_own=BUDGET + 2))(params, {}, video, prefix, jnp.int32(t), sets, lens)
+  caches = jax.jit(functools.partial(greedy.prefix_caches, graphdef, n_prefix=int(prefix[1].max()) + 3))(
+      params, video, prefix)
+  cached = jax.jit(functools.partial(greedy.cached_set_losses, graphdef, n_own=BUDGET + 2))(
+      params, {}, video, caches, jnp.int32(t), sets, lens)
   assert np.all(np.isfinite(np.asarray(cached)))
   np.testing.assert_allclose(np.asarray(cached), np.asarray(full), rtol=2e-5, atol=1e-6)
   assert np.ptp(np.asarray(full)) > 1e-3      # the sets really differ, so equality is not trivial
