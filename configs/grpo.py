@@ -42,7 +42,10 @@ def get_config(arg=None):
       "group_size": 4 if a.smoke else 12, "discount_factor": 0.995,
       "tokens_per_step": 0, "top_k": 50,  # tokens_per_step 0 = the model's num_multi_token_pred
       "temperature_start": 1.0 if a.smoke else 3.0, "temperature_end": 1.0 if a.smoke else 0.3,
-      "frames_to_reconstruct": 2, "optimize_task_loss_prediction": True})
+      "frames_to_reconstruct": 2, "optimize_task_loss_prediction": True,
+      # per-frame capacities below the ratio cap the step may run at (the smallest >= the step's largest
+      # budget; one compiled branch each): early-stopping clips are not padded to 198 slots per frame
+      "capacity_buckets": () if a.smoke else (8, 16, 32, 64, 128)})
   c.videomae = common.judge_config("small" if a.smoke else "default")
   if a.adam:
     c.optimizer = common.optimizer_config("adam", 5e-5, "constant", 0.0)

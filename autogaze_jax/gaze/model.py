@@ -87,14 +87,16 @@ class GazeModel(nnx.Module):
     return self.connector(feats), cache
 
   def teacher_forced(self, pixel_values, gazing_pos, if_padded_gazing,
-                     num_gazing_each_frame: tuple[int, ...], debug: bool = False) -> dict:
+                     num_gazing_each_frame: tuple[int, ...], debug: bool = False, vision=None) -> dict:
     """Official teacher-forced pass over given gaze slots.
 
     pixel_values (B, T, 3, H, W) float; gazing_pos (B, N) global ids (`id + V*t`; the value of
     padded slots is ignored); if_padded_gazing (B, N) bool; num_gazing_each_frame: static tuple of
     T slot counts summing to N. Returns gaze_probs, log_action_probs, task_loss_prediction (B, N)
     float32; with debug=True also the decoder outputs at `layout.sources`, the log-sum-exp of every
-    head at every position, and the attention mask / positions fed to the decoder.
+    head at every position, and the attention mask / positions fed to the decoder. `vision`: the
+    `embed_video` output of pixel_values when the caller already has it (GRPO embeds each video once
+    for its whole group), else computed here.
     """
     cfg = self.cfg
     b, t = pixel_values.shape[:2]
@@ -105,7 +107,7 @@ class GazeModel(nnx.Module):
                        f"(B={b}, N={sum(num_gazing_each_frame)})")
     lay = sequence_layout(cfg.num_frame_tokens, cfg.decoder.num_multi_token_pred, tuple(num_gazing_each_frame))
     dec = self.gaze_decoder
-    vis, _ = self.embed_video(pixel_values)
+    vis = self.embed_video(pixel_values)[0] if vision is None else vision
     d = vis.shape[-1]
     eos = cfg.eos_token_id
     local = gazing_pos - cfg.num_vision_tokens_each_frame * jnp.asarray(lay.slot_frame)[None]

@@ -18,6 +18,8 @@ numbers equal to the official variable-length layout.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -72,8 +74,13 @@ def grpo_losses(log_action_probs, task_loss_prediction, if_padded_gazing, advant
 def policy_loss_fn(graphdef, params, video_rows, gazing_pos, if_padded_gazing, counts, task: dict, group: int,
                    gamma: float, optimize_task_loss_prediction: bool = True):
   """Teacher-forced log-probs of given rollouts -> (mean loss, aux). `task` holds reward, traj_len_each_reward
-  and the task-loss targets/mask of these rows (from `losses.reconstruction_task`)."""
-  out = nnx.merge(graphdef, params).teacher_forced(video_rows, gazing_pos, if_padded_gazing, counts)
+  and the task-loss targets/mask of these rows (from `losses.reconstruction_task`). Rows are g * B + b, so
+  the vision encoder runs on the B distinct videos once and its features are tiled over the group (the
+  same numbers and gradient as per row, 1/G of the encoder's work)."""
+  model = nnx.merge(graphdef, params)
+  b = video_rows.shape[0] // group
+  vision = jnp.tile(model.embed_video(video_rows[:b])[0], (group, 1, 1, 1))
+  out = model.teacher_forced(video_rows, gazing_pos, if_padded_gazing, counts, vision=vision)
   adv = discounted_advantages(task["reward"], task["traj_len_each_reward"], if_padded_gazing, group, gamma)
   terms = grpo_losses(out["log_action_probs"], out["task_loss_prediction"], if_padded_gazing, adv,
                       task["reconstruction_loss_each_gazing_token"], task["reconstruction_loss_each_gazing_token_mask"],
@@ -95,6 +102,13 @@ def rollout_capacity(sampling: S.SamplingConfig, tokens_per_frame: int) -> int:
     return tokens_per_frame
   r = np.float32(sampling.ratio.max_ratio(True))
   return max(1, int(r * np.float32(tokens_per_frame)))      # host-side: a static shape
+
+
+def capacity_buckets(buckets, cap: int) -> tuple[int, ...]:
+  """Static per-frame capacities a step may run its group rollouts, rewards and update at: the configured
+  `grpo.capacity_buckets` below `cap`, then `cap`. The step takes the smallest one >= its largest budget,
+  so a clip whose reference rollout stops early is not padded to the ratio cap (recipe: 198 per frame)."""
+  return tuple(sorted({int(x) for x in buckets if 1 <= int(x) < cap} | {cap}))
 
 
 def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, sampling: S.SamplingConfig, schedule=None):
@@ -127,6 +141,21 @@ def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, sampling: S.Samplin
     else:
       tau = None                                                     # no reference pass
       n_t = jnp.broadcast_to(S.budgets(S.draw_frame_ratios(k_split, fs, ratio, t, True), vpf), (b, t))
+    # 2-5) at the smallest capacity bucket that holds every budget (one compiled branch per bucket)
+    buckets = capacity_buckets(cfg.get("capacity_buckets", ()), cap)
+    group_step = functools.partial(_group_step, state, video, vis, n_t, temp=temp, ratio=ratio, tau=tau,
+                                   frozen=frozen, keys=(k_req, k_grp, k_frames))
+    if len(buckets) == 1:
+      return group_step(cap)
+    i = jnp.searchsorted(jnp.asarray(buckets, jnp.int32), jnp.max(n_t))   # first bucket >= the largest budget
+    return jax.lax.switch(i, [functools.partial(group_step, c) for c in buckets])
+
+  def _group_step(state, video, vis, n_t, cap, *, temp, ratio, tau, frozen, keys):
+    """Steps 2-5 with per-frame capacity `cap` (static, >= every budget in n_t)."""
+    k_req, k_grp, k_frames = keys
+    model = nnx.merge(gaze_graphdef, state.params)
+    b, t = video.shape[:2]
+    vpf = model.cfg.num_vision_tokens_each_frame
     # 2) G rollouts per video with n_t budgets (stopped only if the config has a training requirement)
     q = S.draw_requirement(k_req, qs, True)
     spec_grp = RolloutSpec(capacity=cap, tokens_per_step=cfg.tokens_per_step, max_frames=t, sample=True,
@@ -156,6 +185,7 @@ def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, sampling: S.Samplin
                "reward_mean": jnp.mean(reward), "reward_std": jnp.std(reward),
                "reconstruction_loss": task["reconstruction_loss"],
                "gaze_ratio": task["avg_gazing_ratio_per_frame"], "ratio_drawn": ratio,
+               "capacity": jnp.float32(cap),
                **({} if tau is None else {"tau_mean": jnp.mean(tau)}),
                # each loss term of the judge (unweighted), negated as the reward is
                **{f"reward_{k}": -jnp.mean(v) for k, v in terms.items()}}
@@ -185,6 +215,9 @@ class GRPO(GazeModelAlgorithm):
                         f"(0 = the model's num_multi_token_pred {k})")
     if g.temperature_start <= 0 or g.temperature_end <= 0:
       raise ConfigError("config.grpo.temperature_start/end must be positive")
+    cb = g.get("capacity_buckets", ())
+    if not isinstance(cb, (tuple, list)) or not all(isinstance(x, int) and x >= 1 for x in cb):
+      raise ConfigError(f"config.grpo.capacity_buckets = {cb!r}: expected a tuple of positive ints (tokens per frame)")
     validate_judge(config.videomae)
 
   def init(self, config) -> Models:

@@ -108,3 +108,32 @@ def test_policy_term_gradients(setup):
     assert np.max(np.abs(ours[k] - ref[k])) <= 1e-4 * np.max(np.abs(ref[k])) + 1e-12, k
   assert not np.any(ours["gazing_model.gaze_decoder.task_loss_prediction_head.weight"])
 
+
+
+def test_capacity_buckets_run_the_same_step_at_a_smaller_capacity(setup):
+  """A reference rollout that stops early puts the step in a small capacity bucket (`grpo.capacity_buckets`):
+  same sampled rollouts, rewards, losses and update as at the full ratio cap, on fewer slots."""
+  import ml_collections
+  from autogaze_jax.gaze import sampling as S
+  from autogaze_jax.train.grpo import capacity_buckets, make_train_step
+  from autogaze_jax.train.state import TrainState
+  gaze, mg, mp, _, videos = setup
+  assert capacity_buckets((4, 16, 500), 26) == (4, 16, 26)
+  sampling = S.SamplingConfig(S.RatioSampling(fixed=0.1), S.FrameSampling(during_training="self"),
+                              S.RequirementSampling(during_training="uniform", uniform_min=1e6, uniform_max=1e6))
+  tx = optax.sgd(1e-2)
+  state = TrainState(jnp.zeros((), jnp.int32), gaze.params, tx.init(gaze.params))
+  batch = {"video": jnp.asarray(videos[0][:, :4].copy())}
+  out = {}
+  for buckets in ((), (2, 4, 8, 16)):
+    cfg = ml_collections.ConfigDict(dict(group_size=G, discount_factor=GAMMA, tokens_per_step=2, top_k=50,
+                                         temperature_start=1.0, temperature_end=1.0, frames_to_reconstruct=2,
+                                         optimize_task_loss_prediction=True, total_steps=10, capacity_buckets=buckets))
+    step = jax.jit(make_train_step(gaze.graphdef, mg, tx, cfg=cfg, sampling=sampling))
+    out[buckets] = jax.block_until_ready(step(state, batch, jax.random.key(1), {"videomae": mp, "perceptual": {}}))
+  (full_state, full_m), (small_state, small_m) = out[()], out[(2, 4, 8, 16)]
+  assert float(full_m["capacity"]) == 26 and float(small_m["capacity"]) == 2   # tau 1e6: one 2-token step per frame
+  for k in ("loss", "reward_mean", "gaze_ratio", "grad_norm"):
+    np.testing.assert_allclose(float(small_m[k]), float(full_m[k]), rtol=1e-4, atol=1e-6, err_msg=k)
+  for a, b in zip(jax.tree.leaves(small_state.params), jax.tree.leaves(full_state.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
