@@ -117,9 +117,11 @@ class GazeModel(nnx.Module):
     x = x.at[:, lay.gaze_index].set(dec.embed(local))
     valid = jnp.ones((b, lay.length), bool).at[:, lay.gaze_index].set(local != eos)
     positions = jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1
-    h = dec.hidden(x, positions, valid)
-
-    hs = h[:, lay.sources]                                  # (B, S, D)
+    if debug:                                               # every row's read-out is reported
+      h = dec.hidden(x, positions, valid)
+      hs = h[:, lay.sources]                                # (B, S, D)
+    else:                                                   # only the source rows are read out
+      hs = dec.hidden(x, positions, valid, out_rows=lay.sources)
     logits_s = dec.logits(hs)                               # (B, S, K, V)
     tl_s = dec.task_loss(hs)                                # (B, S, K)
     slot_logits = logits_s[:, lay.src_in_sources, lay.src_head]            # (B, N, V)

@@ -89,6 +89,11 @@ def test_teacher_forced_matches_official(tiny, clip, tf_ref):
   np.testing.assert_allclose(out["gaze_probs"], tf_ref["gaze_probs"], atol=1e-6)
   np.testing.assert_allclose(out["log_action_probs"], tf_ref["out_log_action_probs"], **TOL)
   np.testing.assert_allclose(out["task_loss_prediction"], tf_ref["out_task_loss_prediction"], **TOL)
+  # the training path (debug=False) runs the last layer for the read-out rows only: same outputs
+  fast = _tf(tiny, _b2(clip["pixel_values"]), tf_ref, debug=False)
+  np.testing.assert_allclose(fast["gaze_probs"], tf_ref["gaze_probs"], atol=1e-6)
+  np.testing.assert_allclose(fast["log_action_probs"], tf_ref["out_log_action_probs"], **TOL)
+  np.testing.assert_allclose(fast["task_loss_prediction"], tf_ref["out_task_loss_prediction"], **TOL)
 
 
 def test_teacher_forced_sharded_equals_single_device(tiny, clip, tf_ref):
