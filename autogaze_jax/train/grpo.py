@@ -163,8 +163,10 @@ def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, sampling: S.Samplin
     vis_g = jnp.tile(vis, (g, 1, 1, 1))
     thr = jnp.full((g * b, t), 0.0 if q is None else q, jnp.float32)
     _, grp = rollout_frames(model, vis_g, jnp.tile(n_t, (g, 1)).astype(jnp.int32), thr, temp, k_grp, spec_grp)
-    gp, pad = (x.reshape(g * b, -1) for x in slot_ids(grp["tokens"], grp["length"], vpf))
-    counts = (grp["tokens"].shape[-1],) * t
+    # the rollout writes whole multi-token steps (ceil(cap / k) * k slots per frame); slots past the cap
+    # are never real, so the judge and the teacher-forced pass see `cap` slots per frame
+    gp, pad = (x.reshape(g * b, -1) for x in slot_ids(grp["tokens"][..., :cap], grp["length"], vpf))
+    counts = (cap,) * t
     # 3) frozen VideoMAE rewards on R random frames, shared by the batch
     frames = jax.random.permutation(k_frames, t)[:cfg.frames_to_reconstruct]
     video_rows = jnp.tile(video, (g, 1, 1, 1, 1))
