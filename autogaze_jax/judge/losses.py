@@ -12,18 +12,21 @@ import jax.numpy as jnp
 from flax import nnx
 
 from autogaze_jax.judge.model import forward, slot_frames
-from autogaze_jax.judge.perceptual import PerceptualNet, feature_loss
+from autogaze_jax.judge.perceptual import PerceptualNet, feature_loss, features
 from autogaze_jax.judge.config import JudgeTermsError, VideoMAEConfig
 
 
 def frame_losses(cfg: VideoMAEConfig, pred: jax.Array, target: jax.Array,
-                 perceptual: dict[str, PerceptualNet] | None = None) -> tuple[jax.Array, dict]:
+                 perceptual: dict[str, PerceptualNet] | None = None,
+                 target_features: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict]:
   """pred/target (B,R,C,H,W) task space -> (loss (B,R) float32, {term: (B,R)}).
 
   loss = sum_i w_i * term_i over `cfg.loss_type` (official `forward_loss`, list order): `l1` = mean
   |pred - target| over C,H,W; `dinov2_reg` / `siglip2` = mean squared difference of the extractors'
   last-4-layer features. A perceptual term whose net is not in `perceptual` is a `JudgeTermsError`:
-  a total with a term silently missing would change what a loss threshold means.
+  a total with a term silently missing would change what a loss threshold means. `target_features`:
+  `perceptual_targets(cfg, target, perceptual)` computed once by a caller that scores many predictions
+  against the same target.
   """
   perceptual = perceptual or {}
   b, r = pred.shape[:2]
@@ -35,7 +38,8 @@ def frame_losses(cfg: VideoMAEConfig, pred: jax.Array, target: jax.Array,
       val = jnp.mean(jnp.abs(pred - target), axis=(-1, -2, -3))
     elif term in perceptual:
       flat = lambda x: x.reshape(b * r, *x.shape[2:])  # noqa: E731
-      val = feature_loss(perceptual[term], flat(pred), flat(target), cfg.jnp_dtype).reshape(b, r)
+      tf = None if target_features is None else target_features[term]
+      val = feature_loss(perceptual[term], flat(pred), flat(target), cfg.jnp_dtype, tf).reshape(b, r)
     else:
       raise JudgeTermsError(f"loss term {term!r} (weight {weight}) of loss_type {'+'.join(cfg.loss_type)} has no "
                             f"perceptual net: load the judge with judge.load.load_judge, or choose its terms "
@@ -43,6 +47,14 @@ def frame_losses(cfg: VideoMAEConfig, pred: jax.Array, target: jax.Array,
     terms[term] = val
     total = total + weight * val
   return total, terms
+
+
+def perceptual_targets(cfg: VideoMAEConfig, target: jax.Array,
+                       perceptual: dict[str, PerceptualNet] | None) -> dict[str, jax.Array]:
+  """{term: features (B*R, tokens, F)} of target (B,R,C,H,W) for the configured perceptual terms."""
+  flat = target.reshape(-1, *target.shape[2:])
+  return {term: jax.lax.stop_gradient(features(perceptual[term], flat, cfg.jnp_dtype))
+          for term in cfg.loss_type if term in (perceptual or {})}
 
 
 def task_targets(loss: jax.Array, if_padded_gazing: jax.Array, num_gazing_each_frame: jax.Array,
@@ -76,12 +88,15 @@ def task_targets(loss: jax.Array, if_padded_gazing: jax.Array, num_gazing_each_f
 
 def reconstruction_task(graphdef, params, video, gazing_pos, if_padded_gazing, num_gazing_each_frame,
                         frame_idx_to_reconstruct, perceptual: dict[str, PerceptualNet] | None = None,
-                        static_counts: tuple[int, ...] | None = None) -> dict:
+                        static_counts: tuple[int, ...] | None = None,
+                        target_features: dict[str, jax.Array] | None = None) -> dict:
   """The task model call of GRPO / NTP / greedy search (official `forward_output` + `reward` + `metric`).
 
   video (B,T,C,224,224) task space; gazing_pos (B,N); if_padded_gazing (B,N) bool;
   num_gazing_each_frame (T,); frame_idx_to_reconstruct (R,) int; perceptual {term: net} (optional);
   static_counts: optional Python tuple of the slot counts (faster encoder, see `models.videomae.forward`).
+  target_features: `perceptual_targets` of the reconstructed frames when the caller has them (GRPO: one
+  video's targets serve its whole group).
   Returns everything of `task_targets` plus `loss_each_reconstruction_frame` (B,R),
   `loss_mean` (B,) (differentiable: the VideoMAE training loss), `loss_terms` {term: (B,R)},
   `reconstruction` (B,R,C,224,224), `encoder_last_hidden_state` (B,1+N,D),
@@ -91,7 +106,7 @@ def reconstruction_task(graphdef, params, video, gazing_pos, if_padded_gazing, n
   out = forward(graphdef, params, video, gazing_pos, if_padded_gazing, num_gazing_each_frame,
                 frame_idx_to_reconstruct, static_counts)
   target = jnp.take(video, frame_idx_to_reconstruct, axis=1)
-  loss, terms = frame_losses(cfg, out["reconstruction"], target, perceptual)
+  loss, terms = frame_losses(cfg, out["reconstruction"], target, perceptual, target_features)
   res = task_targets(loss, if_padded_gazing, num_gazing_each_frame, frame_idx_to_reconstruct)
   b, t = video.shape[:2]
   res.update(loss_each_reconstruction_frame=loss, loss_mean=jnp.mean(loss, axis=1), loss_terms=terms,

@@ -255,11 +255,13 @@ def _dinov2_hidden_states(cfg: ExtractorConfig, p: dict, x: jax.Array, dtype) ->
   return hidden
 
 
-def feature_loss(net: PerceptualNet, pred: jax.Array, target: jax.Array, dtype=jnp.float32) -> jax.Array:
+def feature_loss(net: PerceptualNet, pred: jax.Array, target: jax.Array, dtype=jnp.float32,
+                 target_features: jax.Array | None = None) -> jax.Array:
   """pred/target (M,3,H,W) task space -> (M,) mean squared feature difference (official
-  `dinov2_reg_loss` / `siglip2_loss`). Target features carry no gradient."""
+  `dinov2_reg_loss` / `siglip2_loss`). Target features carry no gradient; `target_features` (M or 1,
+  tokens, F): the target's `features`, when the caller scores many predictions against one target."""
   f_hat = features(net, pred, dtype)
-  f = jax.lax.stop_gradient(features(net, target, dtype))
+  f = jax.lax.stop_gradient(features(net, target, dtype) if target_features is None else target_features)
   return jnp.mean(jnp.square(f_hat - f), axis=(-1, -2))
 
 

@@ -119,9 +119,15 @@ def frame_prediction(graphdef, params, cache: PrefixKV, t, set_ids, set_len) -> 
   return unpatchify(cfg, pred[:, None])
 
 
-def frame_loss(graphdef, params, perceptual, video, cache: PrefixKV, t, set_ids, set_len) -> jax.Array:
-  """Frame t's reconstruction loss () float32 (the judge's configured terms) for one candidate set."""
+def frame_loss(graphdef, params, perceptual, video, cache: PrefixKV, t, set_ids, set_len,
+               target_features=None) -> jax.Array:
+  """Frame t's reconstruction loss () float32 (the judge's configured terms) for one candidate set;
+  `target_features`: `losses.perceptual_targets` of frame t, computed once for all candidate sets."""
   cfg = nnx.merge(graphdef, params).cfg
   pred = frame_prediction(graphdef, params, cache, t, set_ids, set_len)
-  target = jax.lax.dynamic_slice_in_dim(video, t, 1, axis=1)
-  return frame_losses(cfg, pred, target, perceptual)[0][0, 0]
+  return frame_losses(cfg, pred, frame_target(video, t), perceptual, target_features)[0][0, 0]
+
+
+def frame_target(video, t) -> jax.Array:
+  """(1,1,C,H,W): frame t of video (1,T,C,H,W), the reconstruction target."""
+  return jax.lax.dynamic_slice_in_dim(video, t, 1, axis=1)

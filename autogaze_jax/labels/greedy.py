@@ -58,7 +58,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from autogaze_jax.judge import prefix_cache
-from autogaze_jax.judge.losses import reconstruction_task
+from autogaze_jax.judge.losses import perceptual_targets, reconstruction_task
 
 CANDIDATE_MODES = ("all", "random", "coarse_to_fine")
 LOSS_DECIMALS = 5          # losses as floats with 4-5 decimals
@@ -206,8 +206,12 @@ def cached_set_losses(graphdef, params, perceptual, video, caches, t, set_ids, s
   Needs a block-causal judge."""
   set_ids = jnp.pad(set_ids, ((0, 0), (0, 0), (0, max(0, n_own - set_ids.shape[2]))))[:, :, :n_own]
 
+  cfg = nnx.merge(graphdef, params).cfg
+
   def per_clip(vid, cache, sids, slen):
-    per_set = lambda s, n: prefix_cache.frame_loss(graphdef, params, perceptual, vid[None], cache, t, s, n)  # noqa: E731
+    # frame t's perceptual target features: once per clip, not once per candidate set
+    tf = perceptual_targets(cfg, prefix_cache.frame_target(vid[None], t), perceptual) if perceptual else None
+    per_set = lambda s, n: prefix_cache.frame_loss(graphdef, params, perceptual, vid[None], cache, t, s, n, tf)  # noqa: E731
     return _over_sets(per_set, sids, slen, chunk)
 
   return jax.vmap(per_clip)(video, caches, _shard_sets(set_ids, mesh), _shard_sets(set_len, mesh))

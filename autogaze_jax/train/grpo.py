@@ -29,7 +29,7 @@ from flax import nnx
 from autogaze_jax.gaze import sampling as S
 from autogaze_jax.gaze.rollout import RolloutSpec, slot_ids, rollout_frames
 from autogaze_jax.judge.load import Judge, load_judge
-from autogaze_jax.judge.losses import reconstruction_task
+from autogaze_jax.judge.losses import perceptual_targets, reconstruction_task
 from autogaze_jax.train.algorithm import GazeModelAlgorithm, Models, gaze_config, mean_over_batches, validate_judge
 from autogaze_jax.train.ntp import NORM_EPS
 from autogaze_jax.train.state import ConfigError, TrainState, apply_update
@@ -170,8 +170,12 @@ def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, sampling: S.Samplin
     # 3) frozen VideoMAE rewards on R random frames, shared by the batch
     frames = jax.random.permutation(k_frames, t)[:cfg.frames_to_reconstruct]
     video_rows = jnp.tile(video, (g, 1, 1, 1, 1))
+    # perceptual target features of the B videos once, tiled over the group (rows are g * B + b)
+    mae_cfg = nnx.merge(mae_graphdef, frozen["videomae"]).cfg
+    tf = perceptual_targets(mae_cfg, jnp.take(video, frames, axis=1), frozen["perceptual"])
+    tf = {k: jnp.tile(v, (g, 1, 1)) for k, v in tf.items()} if tf else None
     task = reconstruction_task(mae_graphdef, frozen["videomae"], video_rows, gp, pad, jnp.asarray(counts), frames,
-                               frozen["perceptual"], static_counts=counts)
+                               frozen["perceptual"], static_counts=counts, target_features=tf)
     terms = jax.lax.stop_gradient(task["loss_terms"])
     task = jax.lax.stop_gradient({k: task[k] for k in ("reward", "traj_len_each_reward",
                                                        "reconstruction_loss_each_gazing_token",

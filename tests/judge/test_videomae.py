@@ -11,7 +11,7 @@ from tests.conftest import FIXTURES
 from autogaze_jax.judge import perceptual as pc
 from autogaze_jax.interop.common import CheckpointError, read_safetensors
 from autogaze_jax.interop.videomae import load_checkpoint, official_to_params, save_checkpoint
-from autogaze_jax.judge.losses import frame_losses, reconstruction_task
+from autogaze_jax.judge.losses import frame_losses, perceptual_targets, reconstruction_task
 from autogaze_jax.judge.model import check_gaze_inputs, init_params
 from autogaze_jax.core.sharding import make_mesh, param_specs, shard_batch, shard_params
 from autogaze_jax.judge.config import JudgeTermsError, VideoMAEConfig, tiny_videomae_config
@@ -318,6 +318,8 @@ def test_perceptual_load_features_and_weighted_loss(tmp_path):
   cfg = tiny_videomae_config(loss_type=("l1", "dinov2_reg", "siglip2"), loss_weights=(1.0, 0.3, 0.3))
   total, terms = frame_losses(cfg, y, x, nets)
   np.testing.assert_allclose(total, terms["l1"] + 0.3 * terms["dinov2_reg"] + 0.3 * terms["siglip2"], rtol=1e-6)
+  # target features computed once by the caller (greedy rounds, GRPO groups) give the same losses
+  np.testing.assert_allclose(frame_losses(cfg, y, x, nets, perceptual_targets(cfg, x, nets))[0], total, rtol=1e-6)
   assert (np.asarray(terms["dinov2_reg"]) > 0).all() and (np.asarray(terms["siglip2"]) > 0).all()
   zero, zterms = frame_losses(cfg, x, x, nets)
   np.testing.assert_allclose(zero, 0.0, atol=1e-6)

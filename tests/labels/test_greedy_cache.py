@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from autogaze_jax.judge import perceptual as pc
 from autogaze_jax.judge import prefix_cache
 from autogaze_jax.labels import greedy
 from autogaze_jax.judge.config import tiny_videomae_config
@@ -45,19 +46,33 @@ def _random_case(cfg, t, rng, m=6):
   return (jnp.asarray(ids), jnp.asarray(plen), jnp.asarray(counts)), jnp.asarray(sets, jnp.int32), jnp.asarray(lens, jnp.int32)
 
 
-@pytest.mark.parametrize("t", [0, 1, 2])
-def test_cached_set_losses_equal_full_forward(mini, t):
+TINY_NETS = {  # random tiny perceptual nets (the released ones are DINOv2-reg-B / SigLIP2-B)
+    "dinov2_reg": pc.ExtractorConfig("dinov2_reg", hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32,
+                                     patch_size=14, num_registers=2, pos_grid=5),
+    "siglip2": pc.ExtractorConfig("siglip2", hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32,
+                                  patch_size=16, num_registers=0, pos_grid=14)}
+
+
+@pytest.mark.parametrize("t,terms", [(0, "l1"), (1, "l1"), (2, "l1"), (2, "perceptual")])
+def test_cached_set_losses_equal_full_forward(mini, t, terms):
   """Frame 0 (cls-only prefix), a short and a longer prefix; clips with different prefix lengths and set
-  sizes in one call; prefix and own slots padded past what is real."""
+  sizes in one call; prefix and own slots padded past what is real. Perceptual: the cached search scores
+  against frame t's target features computed once, the full one recomputes them per set."""
   cfg, graphdef, params, video = mini
+  perceptual = {}
+  if terms == "perceptual":   # the feature nets take 224-pixel frames
+    cfg = tiny_videomae_config(loss_type=("l1", "dinov2_reg", "siglip2"), loss_weights=(1.0, 0.3, 0.3))
+    graphdef, params = init_params(cfg, seed=1)
+    video = jax.image.resize(video, video.shape[:3] + (224, 224), "linear")
+    perceptual = {k: pc.from_tensors(e, pc.random_tensors(e, seed=2)) for k, e in TINY_NETS.items()}
   prefix, sets, lens = _random_case(cfg, t, np.random.default_rng(t))
   n_full = greedy._round_up(int(prefix[1].max()) + BUDGET, 8)
   full = jax.jit(functools.partial(greedy.set_losses, graphdef, n_slots=n_full))(
-      params, {}, video, prefix, jnp.int32(t), sets, lens)
+      params, perceptual, video, prefix, jnp.int32(t), sets, lens)
   caches = jax.jit(functools.partial(greedy.prefix_caches, graphdef, n_prefix=int(prefix[1].max()) + 3))(
       params, video, prefix)
   cached = jax.jit(functools.partial(greedy.cached_set_losses, graphdef, n_own=BUDGET + 2))(
-      params, {}, video, caches, jnp.int32(t), sets, lens)
+      params, perceptual, video, caches, jnp.int32(t), sets, lens)
   assert np.all(np.isfinite(np.asarray(cached)))
   np.testing.assert_allclose(np.asarray(cached), np.asarray(full), rtol=2e-5, atol=1e-6)
   assert np.ptp(np.asarray(full)) > 1e-3      # the sets really differ, so equality is not trivial
