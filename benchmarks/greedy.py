@@ -5,13 +5,13 @@
 
 Method. A labelled clip costs, per frame t and round, one evaluation per candidate set. Without the
 cache a set evaluation is a full judge forward (encoder over all slots so far, decoder over them + 265
-rows); with it (judge/prefix_cache.py) the earlier frames' keys/values are computed once per round and a
+rows); with it (judge/prefix_cache.py) the earlier frames' keys/values are computed once per frame and a
 set runs only its own slots and frame t's 265 decoder rows.
 1. Schedule: a 16-frame clip at gaze ratio 0.1 (26.5 patches per frame: the earlier-frame prefix at frame
    t is 26.5*t slots, the own set 13 on average). At frames 0/5/10/15 we time, in this run, a batch of
    candidate sets both ways (`set_losses` vs `cached_set_losses`, slot counts bucketed as the labeler
    does) and the cached prefix alone; per-set seconds are linear in t in between. Seconds per clip =
-   sum over frames of rounds x (sets per round x per-set s [+ prefix s when cached]); the ratio of the two
+   sum over frames of rounds x sets per round x per-set s (+ the prefix s once per frame when cached); the ratio of the two
    is `cache_speedup`. The default (ViT-MAE-L, random init, l1) judge is timed on 2 full / 16 cached sets per point.
 2. Tiny VideoMAE (tests/fixtures/videomae_tiny): exact greedy labels a real clip both ways at a reduced
    schedule (6 frames x 4 patches, tau unreachable) after a compile run; the labels must be identical
@@ -125,7 +125,7 @@ def clip_seconds(points: list[dict], g: greedy.GreedyConfig, cached: bool, key: 
   set_cost = np.interp(np.arange(T_FULL), ts, [p[("cached_set" if cached else "full_set") + unit] for p in points])
   pre_cost = np.interp(np.arange(T_FULL), ts, [p["cached_prefix" + unit] for p in points]) if cached else 0 * set_cost
   rounds = math.ceil(PATCHES / g.k_per_step)
-  return float(np.sum(rounds * (evals_per_round(g) * set_cost + pre_cost)))
+  return float(np.sum(rounds * evals_per_round(g) * set_cost + pre_cost))
 
 
 def measured_tiny(graphdef, params, video) -> dict:

@@ -22,7 +22,7 @@ per run). `tests/labels/test_greedy.py` checks the packed layout against the nat
 
 Prefix cache (`GreedyConfig.prefix_cache`, on by default for a block-causal judge): while frame t is
 searched the earlier frames' rows attend only to cls and frames <= their own, so their keys/values in every
-encoder and decoder layer are computed once per round (`prefix_caches`) and each candidate set runs only
+encoder and decoder layer are computed once per frame (`prefix_caches`) and each candidate set runs only
 its own slots and frame t's 265 decoder rows (`cached_set_losses`, judge/prefix_cache.py). Same losses up
 to float summation order, same labels (tests/labels/test_greedy_cache.py); with the ViT-MAE-L judge a set
 costs ~27 GFLOP instead of 60-335 (frame 0-15 of a ratio-0.1 clip): benchmarks/greedy.py.
@@ -82,7 +82,7 @@ class GreedyConfig:
   slot_bucket: int = 64            # gaze slots per evaluated set rounded up to a multiple of this (compiles)
   candidate_chunk: int = 0         # evaluate at most this many sets per clip at once (0 = all; memory)
   seed: int = 0                    # candidate subsampling randomness (per clip, frame and step)
-  prefix_cache: bool = True        # earlier frames' keys/values computed once per round (block-causal judge;
+  prefix_cache: bool = True        # earlier frames' keys/values computed once per frame (block-causal judge;
                                    # same labels, ~5x less work, see judge/prefix_cache.py); False: full forwards
 
   def __post_init__(self):
@@ -192,7 +192,7 @@ def set_losses(graphdef, params, perceptual, video, prefix, t, set_ids, set_len,
 
 
 def prefix_caches(graphdef, params, video, prefix, *, n_prefix: int) -> prefix_cache.PrefixKV:
-  """Every clip's cached earlier frames (batched `judge.prefix_cache.PrefixKV`): computed once per round.
+  """Every clip's cached earlier frames (batched `judge.prefix_cache.PrefixKV`): computed once per frame.
   prefix: see `set_losses`; n_prefix (static) >= every clip's plen."""
   pids = jnp.pad(prefix[0], ((0, 0), (0, max(0, n_prefix - prefix[0].shape[1]))))[:, :n_prefix]
   return jax.vmap(lambda vid, ids, n: prefix_cache.prefix_kv(graphdef, params, vid[None], ids, n))(
@@ -259,9 +259,10 @@ def greedy_step(graphdef, params, perceptual, video, prefix, t, clip_ids, st: Fr
                 n_slots: int, n_own: int = 0, mesh=None) -> tuple[FrameState, jax.Array]:
   """One evaluation round for B clips at frame t: returns (new state, evaluations per clip (scalar)).
 
-  prefix: see `set_losses`; clip_ids (B,) int32 seeds the per-clip candidate subsampling. Static shapes:
-  n_own = 0: full forwards (`set_losses`), `n_slots` >= plen + n + k_per_step for every active clip;
-  n_own > 0: cached prefix (`cached_set_losses`), `n_slots` >= every plen and `n_own` >= n + k_per_step.
+  clip_ids (B,) int32 seeds the per-clip candidate subsampling. Static shapes:
+  n_own = 0: full forwards (`set_losses`), prefix as there, `n_slots` >= plen + n + k_per_step for every
+  active clip; n_own > 0: prefix is the frame's `prefix_caches` (the earlier frames depend on t only, so the
+  labeler computes them once per frame), `n_own` >= n + k_per_step (`n_slots` unused).
   Done clips are left unchanged.
   """
   cfg = nnx.merge(graphdef, params).cfg
@@ -272,9 +273,8 @@ def greedy_step(graphdef, params, perceptual, video, prefix, t, clip_ids, st: Fr
   own = st.own_ids
   cap = own.shape[1]
   chosen = _chosen_mask(st.own_ids, st.n, v)
-  if n_own:   # the earlier frames once per round, shared by every evaluation below
-    caches = prefix_caches(graphdef, params, video, prefix, n_prefix=n_slots)
-    evaluate = functools.partial(cached_set_losses, graphdef, params, perceptual, video, caches, t, n_own=n_own,
+  if n_own:
+    evaluate = functools.partial(cached_set_losses, graphdef, params, perceptual, video, prefix, t, n_own=n_own,
                                  chunk=gcfg.candidate_chunk, mesh=mesh)
   else:
     evaluate = functools.partial(set_losses, graphdef, params, perceptual, video, prefix, t,
@@ -396,6 +396,7 @@ class GreedyLabeler:
     self.evals = 0
     self.steps = 0
     self.cached = gcfg.prefix_cache and self.cfg.causal   # a non-causal judge has no fixed prefix
+    self.prefix_caches = jax.jit(functools.partial(prefix_caches, graphdef), static_argnames=("n_prefix",))
     v = self.cfg.tokens_per_frame
     if gcfg.budget > v:
       raise ValueError(f"GreedyConfig.budget = {gcfg.budget} > {v} tokens per frame")
@@ -421,12 +422,13 @@ class GreedyLabeler:
       host_prefix = _prefix_arrays(labels, t, num_frames, max(1, (num_frames - 1) * g.budget))
       plen = host_prefix[1]
       prefix = tuple(jnp.asarray(x) for x in host_prefix)
+      if self.cached:   # the earlier frames' keys/values: once per frame, shared by all its rounds
+        prefix = self.prefix_caches(self.params, video, prefix, n_prefix=_round_up(int(plen.max()), g.slot_bucket))
       st = init_frame_state(b, g.budget)
       n_host, done_host = np.zeros((b,), np.int64), np.zeros((b,), bool)
       while not done_host.all():
-        if self.cached:   # prefix rounded to slot_bucket (fixed per frame), own set to _OWN_BUCKET
-          n_slots = _round_up(int(plen.max()), g.slot_bucket)
-          n_own = _round_up(int(n_host[~done_host].max()) + g.k_per_step, _OWN_BUCKET)
+        if self.cached:   # own set rounded up to _OWN_BUCKET
+          n_slots, n_own = 0, _round_up(int(n_host[~done_host].max()) + g.k_per_step, _OWN_BUCKET)
         else:
           n_slots, n_own = _round_up(int((plen + n_host)[~done_host].max()) + g.k_per_step, g.slot_bucket), 0
         st, ne = self.step(params=self.params, perceptual=self.perceptual, video=video, prefix=prefix,
