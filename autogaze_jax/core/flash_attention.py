@@ -13,6 +13,9 @@ backward (gigabytes at L = 3.7K, batch 4), and on CPU its per-element cost is do
 traffic. Here a tile's scores stay in cache memory, the forward keeps only the output and the row
 log-sum-exp, and the backward recomputes each tile's probabilities (FlashAttention-2's schedule).
 Scores, softmax statistics and accumulators are float32 whatever the input dtype.
+
+On CPU, float32 inputs run the fused forward and backward kernels instead (autogaze_jax/kernels:
+flash_attention.cc; same semantics, ~2-3x faster there); `AUTOGAZE_CPU_KERNELS=0` keeps these tiles.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from autogaze_jax.core.layers import MASK_VALUE, online_softmax_update
+from autogaze_jax.kernels import cpu as cpu_kernels
 
 
 def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_id: jax.Array, k_id: jax.Array,
@@ -31,16 +35,66 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_id: jax.Array, k
   batch; k_valid (B,L) bool; self_edge (B,L) bool or None. Returns (B,L,H,d) in q's dtype. Every query
   must see at least one key. Default tile 264: power-of-two tiles measured ~20% slower on this CPU
   (cache-set aliasing of the (B,H,tile,tile) score buffers)."""
-  b, length, h, d = q.shape
+  edge = jnp.zeros_like(k_valid) if self_edge is None else self_edge
+  ids = (q_id.astype(jnp.int32), k_id.astype(jnp.int32), k_valid, edge)
+  if jax.default_backend() == "cpu" and cpu_kernels.supports_flash(q) and k.dtype == v.dtype == q.dtype:
+    return _fused(q, k, v, *ids, block)
+  *args, _ = _padded(block, q, k, v, *ids)
+  return _flash_scaled(*args, block).transpose(0, 2, 1, 3)[:, :q.shape[1]]
+
+
+def _padded(block, q, k, v, qid, kid, valid, edge):
+  """Inputs padded to whole tiles, q scaled, q/k/v as (B,H,L,d)."""
+  length, d = q.shape[1], q.shape[-1]
   pad = -length % block
   big = jnp.iinfo(jnp.int32).max
   tr = lambda x: jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))).transpose(0, 2, 1, 3)  # noqa: E731
-  qid = jnp.pad(q_id.astype(jnp.int32), (0, pad), mode="edge")      # pad rows: no extra key tiles
-  kid = jnp.pad(k_id.astype(jnp.int32), (0, pad), constant_values=big)
-  valid = jnp.pad(k_valid, ((0, 0), (0, pad)))
-  edge = jnp.zeros_like(valid) if self_edge is None else jnp.pad(self_edge, ((0, 0), (0, pad)))
-  out = _flash(tr(q), tr(k), tr(v), qid, kid, valid, edge, block)
-  return out.transpose(0, 2, 1, 3)[:, :length]
+  qid = jnp.pad(qid, (0, pad), mode="edge")      # pad rows: no extra key tiles
+  kid = jnp.pad(kid, (0, pad), constant_values=big)
+  valid, edge = (jnp.pad(x, ((0, 0), (0, pad))) for x in (valid, edge))
+  scaled = (q * (1.0 / math.sqrt(d))).astype(q.dtype)
+  return tr(scaled), tr(k), tr(v), qid, kid, valid, edge, tr
+
+
+def _xla_forward(q, k, v, qid, kid, valid, edge, *, block):
+  """The tiled XLA forward: (out (B,L,H,d) in q's dtype, lse (B,H,L) float32)."""
+  length = q.shape[1]
+  *args, _ = _padded(block, q, k, v, qid, kid, valid, edge)
+  out, lse = _forward(*args, block)
+  return out.astype(q.dtype).transpose(0, 2, 1, 3)[:, :length], lse[:, :, :length]
+
+
+def _xla_backward(q, k, v, qid, kid, valid, edge, out, lse, dout, *, block):
+  """The tiled XLA backward from the forward's out and lse: (dq, dk, dv) (B,L,H,d)."""
+  length, d = q.shape[1], q.shape[-1]
+  *args, tr = _padded(block, q, k, v, qid, kid, valid, edge)
+  lse = jnp.pad(lse, ((0, 0), (0, 0), (0, -length % block)), constant_values=jnp.inf)  # pad rows: p = 0
+  dq, dk, dv = _flash_bwd(block, (*args, tr(out), lse), tr(dout))[:3]
+  back = lambda x: x.transpose(0, 2, 1, 3)[:, :length]  # noqa: E731
+  return back(dq * (1.0 / math.sqrt(d))).astype(q.dtype), back(dk), back(dv)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _fused(q, k, v, qid, kid, valid, edge, block):
+  """float32 attention on the CPU kernels (the tiled XLA path on other platforms), with a backward
+  from the forward's out and row log-sum-exp."""
+  return _fused_fwd(q, k, v, qid, kid, valid, edge, block)[0]
+
+
+def _fused_fwd(q, k, v, qid, kid, valid, edge, block):
+  args = (q, k, v, qid, kid, valid, edge)
+  out, lse = jax.lax.platform_dependent(*args, cpu=cpu_kernels.flash_forward,
+                                        default=functools.partial(_xla_forward, block=block))
+  return out, (*args, out, lse)
+
+
+def _fused_bwd(block, res, dout):
+  dq, dk, dv = jax.lax.platform_dependent(*res, dout, cpu=cpu_kernels.flash_backward,
+                                          default=functools.partial(_xla_backward, block=block))
+  return dq, dk, dv, None, None, None, None
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
 
 
 def _key_tiles(qid, kid, block):
@@ -139,7 +193,3 @@ def _flash_bwd(block, res, dout):
 
 _flash_scaled.defvjp(_flash_fwd, _flash_bwd)
 
-
-def _flash(q, k, v, qid, kid, valid, edge, block):
-  scale = 1.0 / math.sqrt(q.shape[-1])
-  return _flash_scaled((q * scale).astype(q.dtype), k, v, qid, kid, valid, edge, block)

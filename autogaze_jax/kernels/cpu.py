@@ -1,5 +1,6 @@
 """Build, load and call the fused CPU kernels through XLA FFI: the rollout's cached attention
-(cached_attention.cc) and the vision encoder's stem and causal trunk conv (vision.cc).
+(cached_attention.cc), the vision encoder's stem and causal trunk conv (vision.cc) and the
+training-length masked attention, forward and backward (flash_attention.cc).
 
 The shared library is compiled once per (source, compiler flags, jaxlib headers, host CPU) with the
 system C++ compiler (`$CXX`, else g++/c++) into `$AUTOGAZE_KERNEL_CACHE` (default
@@ -26,10 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 
 HERE = pathlib.Path(__file__).parent
-SOURCES = (HERE / "cached_attention.cc", HERE / "vision.cc")
+SOURCES = (HERE / "cached_attention.cc", HERE / "vision.cc", HERE / "flash_attention.cc")
 HEADERS = (HERE / "simd.h",)
 TARGET = "autogaze_cached_attention"
 STEM_TARGET, CONV_TARGET = "autogaze_stem", "autogaze_causal_conv"
+FLASH_FWD_TARGET, FLASH_BWD_TARGET = "autogaze_flash_forward", "autogaze_flash_backward"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-w")
 HEAD_DIMS = (16, 32, 64, 128)
 
@@ -89,7 +91,8 @@ def _registered() -> bool:
   try:
     lib = ctypes.cdll.LoadLibrary(str(build()))
     for name, fn in ((TARGET, lib.AutogazeCachedAttention), (STEM_TARGET, lib.AutogazeStem),
-                     (CONV_TARGET, lib.AutogazeCausalConv)):
+                     (CONV_TARGET, lib.AutogazeCausalConv), (FLASH_FWD_TARGET, lib.AutogazeFlashForward),
+                     (FLASH_BWD_TARGET, lib.AutogazeFlashBackward)):
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(fn), platform="cpu")
     return True
   except Exception as e:  # no compiler, no headers, unsupported host: the JAX path still works
@@ -108,9 +111,34 @@ def supports_vision(x: jax.Array, width: int) -> bool:
   return enabled() and x.dtype == jnp.float32 and width % 32 == 0 and _registered()
 
 
-def _batch_axis(sharding):
-  spec = getattr(sharding, "spec", ())
-  return spec[0] if len(spec) else None
+def supports_flash(q: jax.Array) -> bool:
+  """Whether `flash_forward` / `flash_backward` can run q (float32, a supported head dim) here."""
+  return enabled() and q.dtype == jnp.float32 and q.shape[-1] in HEAD_DIMS and _registered()
+
+
+def _batch_tiled(ref, ref_ndim: int, ndim: int, axis: int | None):
+  """A sharding of an ndim array split on `axis` the way `ref` (the first operand's sharding) splits its
+  axis 0 (same device groups), replicated on every other axis; replicated when axis is None.
+
+  Built on the HLO sharding, not on mesh axes: under a multi-axis mesh the partitioner may hand the
+  call operands tiled in ways no PartitionSpec of that mesh names (e.g. heads split in 2 over a 4-way
+  fsdp axis), which it could not even decode for us."""
+  from jax._src import sharding_impls
+  from jax._src.lib import xla_client as xc
+  hs = ref._to_xla_hlo_sharding(ref_ndim)
+  devices = ref._device_assignment
+  if axis is None or not hs.is_tiled() or hs.tile_assignment_dimensions()[0] == 1:
+    return sharding_impls.GSPMDSharding(devices, xc.HloSharding.replicate())
+  dims = list(hs.tile_assignment_dimensions())
+  groups = np.asarray(hs.tile_assignment_devices()).reshape(dims).reshape(dims[0], -1)
+  op = xc.OpSharding()
+  op.type = xc.OpSharding.Type.OTHER
+  op.tile_assignment_dimensions = [1] * axis + [dims[0]] + [1] * (ndim - axis - 1) + [groups.shape[1]]
+  op.tile_assignment_devices = groups.reshape(-1).tolist()
+  op.replicate_on_last_tile_dim = groups.shape[1] > 1
+  if groups.shape[1] == 1:
+    op.tile_assignment_dimensions = op.tile_assignment_dimensions[:-1]
+  return sharding_impls.GSPMDSharding(devices, xc.HloSharding.from_proto(op))
 
 
 def _batch_partitioned(fn, in_axes, out_axes, rule):
@@ -118,18 +146,22 @@ def _batch_partitioned(fn, in_axes, out_axes, rule):
   replicated: weights, the start slot) the way the first arg's axis 0 is split, outputs on out_axes.
   Under a mesh XLA would otherwise gather whole inputs (e.g. the KV cache) onto every device before a
   custom call; this tells the partitioner each device can run its own samples."""
-  from jax.sharding import NamedSharding, PartitionSpec as P
 
-  def shardings(mesh, arg_shapes):
-    batch = _batch_axis(arg_shapes[0].sharding)
-    spec = lambda axis: NamedSharding(mesh, P() if axis is None else P(*[None] * axis, batch))
-    outs = tuple(map(spec, out_axes))
-    return outs if len(outs) > 1 else outs[0], tuple(map(spec, in_axes))
+  def shardings(mesh, arg_shapes, result_shapes):
+    ref, ref_ndim = arg_shapes[0].sharding, len(arg_shapes[0].shape)
+    results = result_shapes if isinstance(result_shapes, (tuple, list)) else (result_shapes,)
+    outs = tuple(_batch_tiled(ref, ref_ndim, len(r.shape), a) for r, a in zip(results, out_axes))
+    ins = tuple(_batch_tiled(ref, ref_ndim, len(x.shape), a) for x, a in zip(arg_shapes, in_axes))
+    return outs if len(outs) > 1 else outs[0], ins
 
   part = jax.experimental.custom_partitioning.custom_partitioning(fn)
-  part.def_partition(partition=lambda mesh, args, result: (mesh, fn, *shardings(mesh, args)),
-                     infer_sharding_from_operands=lambda mesh, args, result: shardings(mesh, args)[0],
-                     sharding_rule=rule)
+  # every factor but the batch must be replicated: otherwise the propagation may split e.g. the heads
+  # the way FSDP-sharded weights are split (in order of first appearance: Shardy numbers the factors
+  # that way and wants them sorted)
+  others = tuple(f for f in dict.fromkeys(rule.replace("->", " ").replace(",", " ").split()) if f != "b")
+  part.def_partition(partition=lambda mesh, args, result: (mesh, fn, *shardings(mesh, args, result)),
+                     infer_sharding_from_operands=lambda mesh, args, result: shardings(mesh, args, result)[0],
+                     sharding_rule=rule, need_replication_factors=others, decode_shardings=False)
   return part
 
 
@@ -197,3 +229,39 @@ def causal_conv(x, w, bias):
   """relu(conv(x, w) + bias) over time-padded features x (B, T + kt - 1, g, g, C) with w (kt, ks, ks, C, O),
   spatial zero padding (ks - 1) / 2, no temporal padding -> (B, T, g, g, O) (CPU only)."""
   return _conv(x, w, bias)
+
+
+# ---- training-length masked attention (flash_attention.cc) ----
+
+def _flash_forward_call(q, k, v, q_id, k_id, valid, edge):
+  b, length, h, _ = q.shape
+  shapes = (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct((b, h, length), jnp.float32))
+  return jax.ffi.ffi_call(FLASH_FWD_TARGET, shapes, vmap_method="sequential")(q, k, v, q_id, k_id, valid, edge)
+
+
+def _flash_backward_call(q, k, v, q_id, k_id, valid, edge, out, lse, dout):
+  shapes = (jax.ShapeDtypeStruct(q.shape, jnp.float32),) * 3
+  return jax.ffi.ffi_call(FLASH_BWD_TARGET, shapes, vmap_method="sequential")(q, k, v, q_id, k_id, valid, edge,
+                                                                              out, lse, dout)
+
+
+_FLASH_IN = "b l h d, b l h d, b l h d, l, l, b l, b l"
+_flash_fwd = _batch_partitioned(_flash_forward_call, (0, 0, 0, None, None, 0, 0), (0, 0),
+                                f"{_FLASH_IN} -> b l h d, b h l")
+_flash_bwd = _batch_partitioned(_flash_backward_call, (0, 0, 0, None, None, 0, 0, 0, 0, 0), (0, 0, 0),
+                                f"{_FLASH_IN}, b l h d, b h l, b l h d -> b l h d, b l h d, b l h d")
+
+
+def flash_forward(q, k, v, q_id, k_id, valid, edge):
+  """Masked attention of q, k, v (B, L, H, D) float32 (unscaled): query i sees key j iff
+  k_id[j] <= q_id[i] and valid[b, j], or edge[b, i] and i == j (ids (L,) int32, masks (B, L) bool).
+  Returns (out (B, L, H, D), lse (B, H, L) of the scaled scores; -inf and zeros for a row that sees
+  no key) (CPU only). Batch-sharded inputs stay sharded."""
+  return _flash_fwd(q, k, v, q_id.astype(jnp.int32), k_id.astype(jnp.int32), valid.astype(jnp.bool_),
+                    edge.astype(jnp.bool_))
+
+
+def flash_backward(q, k, v, q_id, k_id, valid, edge, out, lse, dout):
+  """(dq, dk, dv) of `flash_forward` for the output cotangent dout, from its out and lse (CPU only)."""
+  return _flash_bwd(q, k, v, q_id.astype(jnp.int32), k_id.astype(jnp.int32), valid.astype(jnp.bool_),
+                    edge.astype(jnp.bool_), out, lse, dout)

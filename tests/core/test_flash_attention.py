@@ -1,4 +1,5 @@
-"""Tiled flash attention (forward and its custom backward) equals plain masked attention."""
+"""Flash attention (forward and its custom backward) equals plain masked attention: on CPU both the fused
+kernels (kernels "1") and the tiled XLA path (kernels "0", what bfloat16 and accelerators run)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,6 +7,12 @@ import pytest
 
 from autogaze_jax.core.flash_attention import flash_attention
 from autogaze_jax.core.layers import attend
+
+
+@pytest.fixture(params=["1", "0"], ids=["kernels", "tiled"])
+def kernels(request, monkeypatch):
+  monkeypatch.setenv("AUTOGAZE_CPU_KERNELS", request.param)
+  return request.param
 
 
 def _inputs(b=2, length=150, h=3, d=16, seed=0):
@@ -16,7 +23,7 @@ def _inputs(b=2, length=150, h=3, d=16, seed=0):
 
 
 @pytest.mark.parametrize("ids_kind", ["token", "frame", "unsorted_self_edge"])
-def test_flash_matches_masked_attention_values_and_grads(ids_kind):
+def test_flash_matches_masked_attention_values_and_grads(ids_kind, kernels):
   q, k, v, w, valid = _inputs()
   length = q.shape[1]
   ids = jnp.arange(length) if ids_kind == "token" else jnp.arange(length) // 37   # 37: tiles split frames
@@ -37,7 +44,7 @@ def test_flash_matches_masked_attention_values_and_grads(ids_kind):
     np.testing.assert_allclose(b, a, atol=2e-6 * float(jnp.max(jnp.abs(a))) + 1e-7)
 
 
-def test_flash_skips_future_tiles_exactly():
+def test_flash_skips_future_tiles_exactly(kernels):
   """Keys after the last query of a tile never influence it: changing them leaves earlier outputs bitwise."""
   q, k, v, _, valid = _inputs(length=128)
   ids = jnp.arange(128)
