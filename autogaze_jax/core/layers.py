@@ -38,8 +38,32 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> j
 
 def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax.Array:
   """x @ kernel (+ bias) in x's dtype; kernel is (in, out) as in Flax."""
-  y = jnp.dot(x, kernel.astype(x.dtype))
+  y = _matmul(x, kernel.astype(x.dtype))
   return y if bias is None else y + bias.astype(x.dtype)
+
+
+@jax.custom_vjp
+def _matmul(x, kernel):
+  return jnp.dot(x, kernel)
+
+
+def _matmul_fwd(x, kernel):
+  return jnp.dot(x, kernel), (x, kernel)
+
+
+def _matmul_bwd(res, g):
+  """The same gradients as autodiff's, with the kernel's written as (g^T x)^T: for x (..., in) with
+  several leading axes, autodiff's x^T g made XLA:CPU emit the activation gradient (e.g. through SiLU)
+  in a transposed layout, a strided write as slow as the matmul itself; contracting both operands on
+  their leading axis leaves the activations in place and transposes only the (out, in) result (a
+  teacher-forced MLP forward+backward: 222 -> 163 ms on this CPU, identical numbers)."""
+  x, kernel = res
+  rows = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731
+  gk = jax.lax.dot_general(rows(g), rows(x), (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+  return jnp.dot(g, kernel.T), gk.T.astype(kernel.dtype)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 class Dense(nnx.Module):
