@@ -37,10 +37,16 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_id: jax.Array, k
   (cache-set aliasing of the (B,H,tile,tile) score buffers)."""
   edge = jnp.zeros_like(k_valid) if self_edge is None else self_edge
   ids = (q_id.astype(jnp.int32), k_id.astype(jnp.int32), k_valid, edge)
-  if jax.default_backend() == "cpu" and cpu_kernels.supports_flash(q) and k.dtype == v.dtype == q.dtype:
+  if fused(q, k, v):
     return _fused(q, k, v, *ids, block)
   *args, _ = _padded(block, q, k, v, *ids)
   return _flash_scaled(*args, block).transpose(0, 2, 1, 3)[:, :q.shape[1]]
+
+
+def fused(q: jax.Array, k: jax.Array, v: jax.Array) -> bool:
+  """Whether `flash_attention` runs these operands on the fused CPU kernels (which need no padding to
+  whole tiles and skip masked keys per row block at any length)."""
+  return jax.default_backend() == "cpu" and cpu_kernels.supports_flash(q) and k.dtype == v.dtype == q.dtype
 
 
 def _padded(block, q, k, v, qid, kid, valid, edge):

@@ -26,7 +26,7 @@ from flax import nnx
 
 from autogaze_jax.core.layers import (Dense, LayerNorm, attend, block_weights, dense, layer_norm, slot_frames,
                                       transformer_block)
-from autogaze_jax.core.flash_attention import flash_attention
+from autogaze_jax.core.flash_attention import flash_attention, fused as flash_fused
 from autogaze_jax.judge.segment_attention import segment_mask, segment_attention
 from autogaze_jax.core.resize import bicubic_matrix, resize_bicubic
 from autogaze_jax.judge.config import VideoMAEConfig
@@ -142,9 +142,10 @@ def _block(w, x, q_seg, k_valid, self_edge, *, heads, eps, dtype, attn_impl, att
   length = x.shape[1]
 
   def attention(q, k, v):
-    if attn_impl == "flash" and length <= 2 * attn_block:
-      # short (the encoder's cls + gazed slots): one masked softmax. Flash would pad to whole tiles
-      # and visit all of them anyway (417 rows -> 528^2 scores instead of 417^2) inside a loop.
+    if attn_impl == "flash" and length <= 2 * attn_block and not flash_fused(q, k, v):
+      # short (the encoder's cls + gazed slots): one masked softmax. The tiled XLA path would pad to
+      # whole tiles and visit all of them anyway (417 rows -> 528^2 scores instead of 417^2) inside a
+      # loop; the fused CPU kernels have neither cost (and beat XLA's batched softmax ~5x here).
       mask = segment_mask(q_seg, q_seg, k_valid, self_edge, jnp.arange(length), length)
       return attend(q, k, v, mask)
     if attn_impl == "flash":   # tiles skip the block-causal upper triangle by themselves: no groups needed

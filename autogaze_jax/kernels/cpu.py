@@ -233,6 +233,29 @@ def causal_conv(x, w, bias):
 
 # ---- training-length masked attention (flash_attention.cc) ----
 
+def _merge_vmap(fn, n_shared: tuple[int, ...]):
+  """fn (a custom-partitioned kernel call: no batching rule of its own) made vmappable: a vmapped axis
+  is folded into the batch axis 0 of every per-sample operand (broadcast where unbatched) and split
+  off the outputs again; when an operand the whole batch shares (the ids, positions n_shared) is
+  vmapped too, the mapped calls run one after another (lax.map)."""
+  wrapped = jax.custom_batching.custom_vmap(fn)
+
+  @wrapped.def_vmap
+  def rule(axis_size, in_batched, *args):
+    if any(in_batched[i] for i in n_shared):
+      outs = jax.lax.map(lambda a: wrapped(*a), tuple(
+          x if b else jnp.broadcast_to(x, (axis_size, *x.shape)) for x, b in zip(args, in_batched)))
+    else:
+      full = [x if b or i in n_shared else jnp.broadcast_to(x, (axis_size, *x.shape))
+              for i, (x, b) in enumerate(zip(args, in_batched))]
+      flat = [x if i in n_shared else x.reshape(-1, *x.shape[2:]) for i, x in enumerate(full)]
+      outs = wrapped(*flat)
+      outs = jax.tree.map(lambda y: y.reshape(axis_size, -1, *y.shape[1:]), outs)
+    return outs, jax.tree.map(lambda _: True, outs)
+
+  return wrapped
+
+
 def _flash_forward_call(q, k, v, q_id, k_id, valid, edge):
   b, length, h, _ = q.shape
   shapes = (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct((b, h, length), jnp.float32))
@@ -246,10 +269,12 @@ def _flash_backward_call(q, k, v, q_id, k_id, valid, edge, out, lse, dout):
 
 
 _FLASH_IN = "b l h d, b l h d, b l h d, l, l, b l, b l"
-_flash_fwd = _batch_partitioned(_flash_forward_call, (0, 0, 0, None, None, 0, 0), (0, 0),
-                                f"{_FLASH_IN} -> b l h d, b h l")
-_flash_bwd = _batch_partitioned(_flash_backward_call, (0, 0, 0, None, None, 0, 0, 0, 0, 0), (0, 0, 0),
-                                f"{_FLASH_IN}, b l h d, b h l, b l h d -> b l h d, b l h d, b l h d")
+_SHARED_IDS = (3, 4)   # q_id, k_id: one per call, shared by the batch
+_flash_fwd = _merge_vmap(_batch_partitioned(_flash_forward_call, (0, 0, 0, None, None, 0, 0), (0, 0),
+                                            f"{_FLASH_IN} -> b l h d, b h l"), _SHARED_IDS)
+_flash_bwd = _merge_vmap(_batch_partitioned(_flash_backward_call, (0, 0, 0, None, None, 0, 0, 0, 0, 0), (0, 0, 0),
+                                            f"{_FLASH_IN}, b l h d, b h l, b l h d -> b l h d, b l h d, b l h d"),
+                         _SHARED_IDS)
 
 
 def flash_forward(q, k, v, q_id, k_id, valid, edge):
