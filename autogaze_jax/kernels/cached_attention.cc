@@ -89,15 +89,7 @@ void block(const Problem& p, int64_t b, int64_t h, int64_t r0, int rows, int64_t
       inv[r] = 0.0f;
       continue;
     }
-    vf sum = {};
-    for (int64_t j = 0; j < kpad; j += kLanes) {
-      const vf x = load(row + j);
-      const vf e = x == splat(-INFINITY) ? splat(0.0f) : vexp(x - m);
-      store(row + j, e);
-      sum += e;
-    }
-    float total = 0.0f;
-    for (int l = 0; l < kLanes; ++l) total += sum[l];
+    const float total = exp_row(row, kpad, m);
     inv[r] = 1.0f / total;
   }
 

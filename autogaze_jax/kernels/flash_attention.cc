@@ -149,15 +149,7 @@ void fwd_block(const Problem& p, const Item<D>& it, int64_t b, int64_t h, int64_
       if (r < rows) p.l[(b * p.H + h) * p.L + i] = -INFINITY;
       continue;
     }
-    vf sum = {};
-    for (int64_t j = 0; j < kpad; j += kLanes) {
-      const vf x = load(row + j);
-      const vf e = x == splat(-INFINITY) ? splat(0.0f) : vexp(x - m);
-      store(row + j, e);
-      sum += e;
-    }
-    float total = 0.0f;
-    for (int l = 0; l < kLanes; ++l) total += sum[l];
+    const float total = exp_row(row, kpad, m);
     inv[r] = 1.0f / total;
     if (r < rows) p.l[(b * p.H + h) * p.L + i] = m + std::log(total);
   }
@@ -429,28 +421,26 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::B
 
 namespace ffi = xla::ffi;
 
+// the operands both calls share: q, k, v, q_id, k_id, valid, edge
+static auto BindShared() {
+  return ffi::Ffi::Bind()
+      .Arg<ffi::Buffer<ffi::F32>>()    // q
+      .Arg<ffi::Buffer<ffi::F32>>()    // k
+      .Arg<ffi::Buffer<ffi::F32>>()    // v
+      .Arg<ffi::Buffer<ffi::S32>>()    // q_id
+      .Arg<ffi::Buffer<ffi::S32>>()    // k_id
+      .Arg<ffi::Buffer<ffi::PRED>>()   // valid
+      .Arg<ffi::Buffer<ffi::PRED>>();  // edge
+}
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AutogazeFlashForward, autogaze::ForwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // q
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // k
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // v
-                                  .Arg<ffi::Buffer<ffi::S32>>()   // q_id
-                                  .Arg<ffi::Buffer<ffi::S32>>()   // k_id
-                                  .Arg<ffi::Buffer<ffi::PRED>>()  // valid
-                                  .Arg<ffi::Buffer<ffi::PRED>>()  // edge
+                              BindShared()
                                   .Ret<ffi::Buffer<ffi::F32>>()   // out
                                   .Ret<ffi::Buffer<ffi::F32>>()   // lse
                                   .Ctx<ffi::ThreadPool>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AutogazeFlashBackward, autogaze::BackwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // q
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // k
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // v
-                                  .Arg<ffi::Buffer<ffi::S32>>()   // q_id
-                                  .Arg<ffi::Buffer<ffi::S32>>()   // k_id
-                                  .Arg<ffi::Buffer<ffi::PRED>>()  // valid
-                                  .Arg<ffi::Buffer<ffi::PRED>>()  // edge
+                              BindShared()
                                   .Arg<ffi::Buffer<ffi::F32>>()   // out
                                   .Arg<ffi::Buffer<ffi::F32>>()   // lse
                                   .Arg<ffi::Buffer<ffi::F32>>()   // dout

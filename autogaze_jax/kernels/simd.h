@@ -55,6 +55,21 @@ inline vf vexp(vf x) {
   return y * scale;
 }
 
+// row[0, n) <- exp(row - m) in place, 0 where row is -inf (masked keys; a select, so stale NaNs vanish
+// too); returns the sum. n a multiple of kLanes; m the row's (finite) max.
+inline float exp_row(float* row, int64_t n, float m) {
+  vf sum = {};
+  for (int64_t j = 0; j < n; j += kLanes) {
+    const vf x = load(row + j);
+    const vf e = x == splat(-INFINITY) ? splat(0.0f) : vexp(x - m);
+    store(row + j, e);
+    sum += e;
+  }
+  float total = 0.0f;
+  for (int l = 0; l < kLanes; ++l) total += sum[l];
+  return total;
+}
+
 inline int cpu_count() {
   static const int n = [] {
     const char* env = std::getenv("AUTOGAZE_CPU_THREADS");
