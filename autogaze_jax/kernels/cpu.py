@@ -131,13 +131,12 @@ def _batch_tiled(ref, ref_ndim: int, ndim: int, axis: int | None):
     return sharding_impls.GSPMDSharding(devices, xc.HloSharding.replicate())
   dims = list(hs.tile_assignment_dimensions())
   groups = np.asarray(hs.tile_assignment_devices()).reshape(dims).reshape(dims[0], -1)
+  replicas = groups.shape[1]   # devices holding each batch tile (a trailing replicated tile dim if > 1)
   op = xc.OpSharding()
   op.type = xc.OpSharding.Type.OTHER
-  op.tile_assignment_dimensions = [1] * axis + [dims[0]] + [1] * (ndim - axis - 1) + [groups.shape[1]]
+  op.tile_assignment_dimensions = [1] * axis + [dims[0]] + [1] * (ndim - axis - 1) + [replicas] * (replicas > 1)
   op.tile_assignment_devices = groups.reshape(-1).tolist()
-  op.replicate_on_last_tile_dim = groups.shape[1] > 1
-  if groups.shape[1] == 1:
-    op.tile_assignment_dimensions = op.tile_assignment_dimensions[:-1]
+  op.replicate_on_last_tile_dim = replicas > 1
   return sharding_impls.GSPMDSharding(devices, xc.HloSharding.from_proto(op))
 
 
