@@ -26,7 +26,8 @@ from autogaze_jax.core.patches import ScaleLayout
 from autogaze_jax.evaluation import viz
 from autogaze_jax.evaluation.writers import _fmt
 from autogaze_jax.gaze.generate import check_ratio, check_threshold
-from autogaze_jax.gaze.records import GazeWriter, write_json_atomic
+from autogaze_jax.core.atomic_files import write_json
+from autogaze_jax.gaze.records import GazeWriter
 from autogaze_jax.gaze.stream_video import REASONS, GazeEngine, VideoEnd, VideoError
 from autogaze_jax.gaze.tiling import RESIZE_MODES, tile_video
 from autogaze_jax.labels.shards import append_batch, read_shard
@@ -348,7 +349,7 @@ def merge_summary(out: str, process_count: int, num_videos: int) -> dict:
              "kept_ratio": (sum(r["kept_ratio"] * r["frames"] for r in gazed) / max(1, sum(r["frames"] for r in gazed))
                             if gazed else None),
              "missing": num_videos - len(recs)}
-  write_json_atomic(os.path.join(out, SUMMARY_NAME), summary)
+  write_json(os.path.join(out, SUMMARY_NAME), summary, indent=1)
   return summary
 
 

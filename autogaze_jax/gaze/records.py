@@ -21,6 +21,8 @@ from typing import Iterator
 
 import numpy as np
 
+from autogaze_jax.core.atomic_files import atomic_write, write_json
+
 FORMAT, VERSION = "autogaze_jax.gaze_records", 1
 INDEX_NAME = "index.json"
 # per-tile arrays concatenated over a chunk's tiles (their lengths are the tiles' slot counts)
@@ -38,36 +40,15 @@ def chunk_name(k: int, kind: str = "chunk") -> str:
 
 
 def write_npz(path: str, arrays: dict) -> None:
-  """Deterministic .npz (readable by np.load): stored entries with a fixed timestamp, written to a
-  temporary name, fsynced and renamed, so the file appears whole or not at all."""
-  tmp = path + ".partial"
-  try:
-    with open(tmp, "wb") as fh:
-      with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED) as zf:
-        for name, a in arrays.items():
-          buf = io.BytesIO()
-          np.lib.format.write_array(buf, np.asarray(a), allow_pickle=False)
-          zf.writestr(zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
-      fh.flush()
-      os.fsync(fh.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
-def write_json_atomic(path: str, obj) -> None:
-  tmp = f"{path}.partial{os.getpid()}"   # two hosts may write the same summary at once
-  try:
-    with open(tmp, "w") as f:
-      json.dump(obj, f, indent=1, sort_keys=True, allow_nan=False)
-      f.write("\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  """Deterministic .npz (readable by np.load): stored entries with a fixed timestamp, written atomically
+  (`core.atomic_files`), so the file appears whole or not at all."""
+  def write(tmp):
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+      for name, a in arrays.items():
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, np.asarray(a), allow_pickle=False)
+        zf.writestr(zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
+  atomic_write(path, write)
 
 
 def chunk_arrays(chunk: dict) -> dict:
@@ -107,8 +88,8 @@ class GazeWriter:
     self.chunks += 1
 
   def finish(self, meta: dict) -> None:
-    write_json_atomic(os.path.join(self.path, INDEX_NAME), {"format": FORMAT, "version": VERSION,
-                                                            "chunks": self.chunks, **meta})
+    write_json(os.path.join(self.path, INDEX_NAME), {"format": FORMAT, "version": VERSION, "chunks": self.chunks,
+                                                     **meta}, indent=1)
 
 
 @dataclasses.dataclass

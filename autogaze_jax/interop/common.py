@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from autogaze_jax.core.atomic_files import atomic_write
+
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 SAFETENSORS_METADATA = {"format": "pt"}  # the only value (besides none) the official loaders accept as-is
 
@@ -143,29 +145,10 @@ def read_json_config(path: str, parse, what: str = "checkpoint"):
     raise CheckpointError(f"{path}: {e}") from None
 
 
-def _atomic(path: str, write):
-  tmp = path + ".tmp"
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
-def write_json(path: str, obj) -> None:
-  """Pretty, key-sorted JSON with a trailing newline, written atomically."""
-  def w(tmp):
-    with open(tmp, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False)  # NaN is not JSON
-      f.write("\n")
-  _atomic(path, w)
-
-
 def write_safetensors(path: str, tensors: dict[str, np.ndarray]) -> None:
   """Tensors (numpy) to a safetensors file with the official metadata, written atomically."""
   from safetensors.numpy import save_file
-  _atomic(path, lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp,
+  atomic_write(path, lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp,
                                       metadata=dict(SAFETENSORS_METADATA)))
 
 

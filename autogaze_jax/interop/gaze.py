@@ -15,9 +15,10 @@ import numpy as np
 from autogaze_jax.gaze.config import GazeConfig
 from autogaze_jax.gaze.functional import abstract_params
 from autogaze_jax.gaze.preprocess import PREPROCESSOR_NAME, default_preprocessor_config
+from autogaze_jax.core.atomic_files import write_json
 from autogaze_jax.interop.common import (CONFIG_NAME, CONV3D_OI111, CONV3D_OITHW, IDENT, LINEAR, WEIGHTS_NAME,
                                         CheckpointError, Row, layernorm_rows, params_to_tensors, read_json_config,
-                                        tensors_to_params, torch_shapes, weight_bias_rows, write_json,
+                                        tensors_to_params, torch_shapes, weight_bias_rows,
                                         write_safetensors)
 from autogaze_jax.interop.common import read_safetensors  # noqa: F401  (api.py reads checkpoints through this module)
 

@@ -23,9 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from autogaze_jax.vit.model import GazedViTConfig, abstract_params
+from autogaze_jax.core.atomic_files import write_json
 from autogaze_jax.interop.common import (CONFIG_NAME, IDENT, LINEAR, WEIGHTS_NAME, CheckpointError, Row,
                                         conv2d_oihw_unfolded, layernorm_rows, params_to_tensors, read_json_config,
-                                        read_safetensors, tensors_to_params, weight_bias_rows, write_json,
+                                        read_safetensors, tensors_to_params, weight_bias_rows,
                                         write_safetensors)
 
 MARK = "vision_model."

@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from autogaze_jax.interop import siglip
+from autogaze_jax.core.atomic_files import write_json
 from autogaze_jax.interop.common import (CONFIG_NAME, CONV2D_OIHW, IDENT, WEIGHTS_NAME, CheckpointError, Row,
                                         layernorm_rows, params_to_tensors, read_json_config, read_safetensors,
-                                        tensors_to_params, torch_shapes, weight_bias_rows, write_json,
+                                        tensors_to_params, torch_shapes, weight_bias_rows,
                                         write_safetensors)
 from autogaze_jax.interop.torch_pickle import read_torch_state_dict
 from autogaze_jax.judge import perceptual as perc

@@ -34,11 +34,11 @@ from typing import Mapping, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from autogaze_jax.core.atomic_files import write_json
 from data_pipelines import labels as labels_lib
 from data_pipelines import ops
 from data_pipelines import sources
 from data_pipelines.sources import DATASET_NAME, DATASET_VERSION, path_index_file, read_path_index
-
 
 
 class NoReadableVideos(ValueError):
@@ -118,12 +118,6 @@ def _read_json(path: str):
     return None
   with open(path) as f:
     return json.load(f)
-
-
-def _write_json(path: str, obj) -> None:
-  with open(path + ".tmp", "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-  os.replace(path + ".tmp", path)
 
 
 def _features(clip_len: int, size: int):
@@ -306,7 +300,7 @@ def build(src_dir: str, out_dir: str, *, labels=None, splits: Sequence[str] = so
     report[split] = {**previous.get(split, {}), "records": len(ds), **b.skip_counts.get(split, {})}
     if labels is not None:
       report[split].update({k: len(v) for k, v in labels_lib.join_report(paths, labels).items()})
-  _write_json(report_file, report)
+  write_json(report_file, report, indent=1)
   if not reused:
-    _write_json(source_file, record)
+    write_json(source_file, record, indent=1)
   return report
