@@ -66,11 +66,34 @@ GRPO_CASES = {   # case -> (judge loss terms, per-frame cap, reference requireme
 }
 
 
-def bench_grpo(cfg, case, batch, group, repeats, peak, official):
+def bucket_keys(t: int, r: int, buckets: tuple[int, ...], search: int = 1000) -> list[tuple[int, int, float, list]]:
+  """Per judge prefix bucket: (bucket, the first step seed whose reward frames fall in it, the bucket's
+  probability over uniform draws, those frames)."""
+  from math import comb
+  from autogaze_jax.train.grpo import reward_frames
+  out, lo = [], 0
+  for k in buckets:
+    p = (comb(k, r) - comb(lo, r)) / comb(t, r)
+    for seed in range(search):
+      fr = np.asarray(reward_frames(jax.random.key(seed), t, r))
+      if lo < fr.max() + 1 <= k:
+        out.append((k, seed, p, fr.tolist()))
+        break
+    lo = k
+  return out
+
+
+def bench_grpo(cfg, case, batch, group, repeats, peak, official, prefix_buckets_n=4):
   """One GRPO step of the RL recipe on the work of `bench_official_grpo.py`: ViT-MAE-L judge at random init
   (l1, or l1 + DINOv2-reg-B + SigLIP2-B at random init), group 12, 2 reconstructed frames. With random
   weights the official reference rollout stops every frame after 1 token, so its group rollouts hold 16
-  tokens: cap 1 per frame gives us exactly that work. The no-early-stop case runs every frame to 26 tokens."""
+  tokens: cap 1 per frame gives us exactly that work. The no-early-stop case runs every frame to 26 tokens.
+
+  The reward call skips the judge's frames after the latest reconstructed one (`judge_prefix_buckets`),
+  so the step time depends on the frames a step draws while the official step's does not: with more
+  than one bucket, the step is timed once per bucket (a seed that draws frames in it) and `median_s` is
+  the expectation over uniform frame draws, sum_b P(b) * median time of bucket b (`per_bucket`)."""
+  from autogaze_jax.judge.model import prefix_buckets
   from autogaze_jax.gaze import sampling as S
   from autogaze_jax.judge.load import load_judge
   from autogaze_jax.train.grpo import make_train_step
@@ -81,7 +104,8 @@ def bench_grpo(cfg, case, batch, group, repeats, peak, official):
   tx = optax.sgd(5e-4)
   g = ml_collections.ConfigDict(dict(group_size=group, discount_factor=0.995, tokens_per_step=10, top_k=50,
                                      temperature_start=3.0, temperature_end=0.3, frames_to_reconstruct=2,
-                                     optimize_task_loss_prediction=True, total_steps=100))
+                                     optimize_task_loss_prediction=True, total_steps=100,
+                                     judge_prefix_buckets=prefix_buckets_n))
   sampling = S.SamplingConfig(S.RatioSampling(fixed=(cap + 0.5) / 265), S.FrameSampling(during_training="self"),
                               S.RequirementSampling(during_training="uniform", uniform_min=q_lo, uniform_max=q_hi))
   step = make_train_step(graphdef, judge.graphdef, tx, cfg=g, sampling=sampling)
@@ -90,7 +114,14 @@ def bench_grpo(cfg, case, batch, group, repeats, peak, official):
   c, compile_s, mem = _compile(step, state, {"video": video}, jax.random.key(0), frozen)
   _, metrics = c(state, {"video": video}, jax.random.key(0), frozen)
   load_before = common.loadavg()
-  t = common.time_fn(lambda: c(state, {"video": video}, jax.random.key(0), frozen), repeats=repeats)
+  per_bucket = []
+  for k, seed, prob, frames in bucket_keys(16, 2, prefix_buckets(16, 2, prefix_buckets_n)):
+    tb = common.time_fn(lambda: c(state, {"video": video}, jax.random.key(seed), frozen), repeats=repeats)
+    per_bucket.append({"frames_computed": k, "probability": round(prob, 4), "seed": seed, "reward_frames": frames,
+                       "median_s": round(tb["median_s"], 3), "min_s": round(tb["min_s"], 3)})
+  t = {"median_s": sum(b["probability"] * b["median_s"] for b in per_bucket),
+       "min_s": sum(b["probability"] * b["min_s"] for b in per_bucket), "first_call_s": tb["first_call_s"],
+       "repeats": repeats, "judge_prefix_buckets": prefix_buckets_n, "per_bucket": per_bucket}
   return {"step": "grpo", "case": case, "batch_videos": batch, "group": group, "rollouts": batch * group,
           "cap_per_frame": cap, "judge": f"ViT-MAE-L (random init), terms {'+'.join(judge.cfg.loss_type)}",
           "gaze_tokens_per_rollout": round(float(metrics["gaze_ratio"]) * 265 * 16, 1),
@@ -107,6 +138,9 @@ def main():
   ap.add_argument("--grpo_cases", default="l1,perceptual,l1_noearlystop_ratio0.1",
                   help=f"comma list of {', '.join(GRPO_CASES)}")
   ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--judge_prefix_buckets", type=int, default=4,
+                  help="GRPO reward calls: frame-prefix buckets of the judge (the recipe's config.grpo value; 1 = "
+                       "every frame always)")
   ap.add_argument("--skip", default="", help="comma list of steps to skip (ntp,grpo)")
   common.add_official_arg(ap)
   args = ap.parse_args()
@@ -121,7 +155,8 @@ def main():
     for case in [c for c in args.grpo_cases.split(",") if c]:
       if case not in GRPO_CASES:
         ap.error(f"--grpo_cases: unknown case {case!r}; known: {', '.join(GRPO_CASES)}")
-      results.append(bench_grpo(cfg, case, args.grpo_batch, args.grpo_group, args.repeats, peak, official))
+      results.append(bench_grpo(cfg, case, args.grpo_batch, args.grpo_group, args.repeats, peak, official,
+                                args.judge_prefix_buckets))
       common.emit(results[-1])
   common.emit({"benchmark": "train_step", "config": "default gaze model (3.26M)", "matmul_peak_gflops": peak,
                "env": common.env(), "results": results})

@@ -1,6 +1,7 @@
 """VideoMAE judge timing at the recipe's shapes: forward (and forward+backward), FLOPs, memory, vs official.
 
   python -m benchmarks.videomae [--official=FILE] [--quick] [--heavy] [--dtype bfloat16] [--bf16_error]
+                                [--prefix_buckets N]
 
 Prints one JSON object (and one line per case on stderr). Cases on 16 frames of 224x224 gazed at ratio
 0.1 (26 slots per frame, N = 416, as the official benchmark's gaze) unless named otherwise:
@@ -16,7 +17,9 @@ AOT-compiled first (`compile_s`; `peak_mb` = arguments + outputs + temporaries f
 `memory_analysis`), then timed: `time_s` median wall seconds of `--runs` after one warm-up, `cpu_s`
 median CPU seconds of this process per call (steadier than wall time on a shared machine), the load
 average around the case. `gflop` = the matmul FLOPs of the work the official forward needs for this
-result (`judge.model.forward_flops`: only visible attention pairs, no padding rows); `gflop_xla` =
+result (`judge.model.forward_flops`: only visible attention pairs, no padding rows) on the frames this
+forward computes (`frames_computed`: reward calls skip the frames after the latest reconstructed one,
+`--prefix_buckets`), `gflop_official` the same on all frames (what the official forward computes); `gflop_xla` =
 XLA's `cost_analysis` (counts a loop body once: flash attention's tile loops are undercounted).
 `mfu_vs_matmul` = gflop / time over the fp32 (or bf16) matmul peak measured in the same run (the
 larger of a measurement before and after the cases). `vs_official` = official / ours only with
@@ -42,7 +45,7 @@ import numpy as np  # noqa: E402
 
 from autogaze_jax.judge.config import VideoMAEConfig, tiny_videomae_config  # noqa: E402
 from autogaze_jax.judge.losses import reconstruction_task  # noqa: E402
-from autogaze_jax.judge.model import forward_flops, init_params  # noqa: E402
+from autogaze_jax.judge.model import forward_flops, init_params, prefix_buckets  # noqa: E402
 from benchmarks import common  # noqa: E402
 
 T, V = 16, 265
@@ -70,12 +73,16 @@ def matmul_peak(dtype, n=2048, runs=5) -> float:
   return common.matmul_peak_gflops(n, dtype, runs) * 1e9
 
 
-def case_fn(graphdef, batch, ratio, n_recon, mode):
+def case_fn(graphdef, batch, ratio, n_recon, mode, prefix_buckets_n=1):
   pos, pad, cnt = gaze(batch, ratio)
   frames = recon_frames(n_recon)
   if mode == "forward":
+    # the GRPO reward call's form: static slot counts, frames traced, later frames skipped by bucket
+    fr = jnp.asarray(frames)
+    static = tuple(int(c) for c in cnt)
     def fn(p, v):
-      return reconstruction_task(graphdef, p, v, pos, pad, cnt, frames)["loss_each_reconstruction_frame"]
+      return reconstruction_task(graphdef, p, v, pos, pad, cnt, fr, static_counts=static,
+                                 prefix_buckets_n=prefix_buckets_n)["loss_each_reconstruction_frame"]
   else:
     def fn(p, v):
       return jax.grad(lambda q: jnp.mean(reconstruction_task(graphdef, q, v, pos, pad, cnt, frames,
@@ -84,18 +91,24 @@ def case_fn(graphdef, batch, ratio, n_recon, mode):
   return fn, video, cnt, frames
 
 
-def run_case(cfg, params, graphdef, batch, ratio, n_recon, mode, runs, execute):
-  fn, video, cnt, frames = case_fn(graphdef, batch, ratio, n_recon, mode)
+def run_case(cfg, params, graphdef, batch, ratio, n_recon, mode, runs, execute, prefix_buckets_n=1):
+  fn, video, cnt, frames = case_fn(graphdef, batch, ratio, n_recon, mode, prefix_buckets_n)
   t0 = time.perf_counter()
   compiled = jax.jit(fn).lower(params, video).compile()
   res = {"case": f"{mode}_b{batch}_ratio{ratio}_R{n_recon}", "mode": mode, "batch": batch, "ratio": ratio,
          "recon_frames": n_recon, "N": int(cnt.sum()), "compile_s": round(time.perf_counter() - t0, 2)}
+  kept = T
+  if mode == "forward" and prefix_buckets_n > 1 and n_recon < T:
+    kept = min(k for k in prefix_buckets(T, n_recon, prefix_buckets_n) if k > int(frames.max()))
+    res["frames_computed"] = kept    # the frames up to the latest reconstructed one, rounded up to a bucket
   mem = compiled.memory_analysis()
   if mem is not None:
     res["peak_mb"] = round((mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes) / 2 ** 20, 1)
     res["temp_mb"] = round(mem.temp_size_in_bytes / 2 ** 20, 1)
-  flops = batch * forward_flops(cfg, cnt, frames)["total"] * (1 if mode == "forward" else 3)
+  mult = batch * (1 if mode == "forward" else 3)
+  flops = mult * forward_flops(cfg, cnt[:kept], frames)["total"]
   res["gflop"] = round(flops / 1e9, 1)
+  res["gflop_official"] = round(mult * forward_flops(cfg, cnt, frames)["total"] / 1e9, 1)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   if cost and "flops" in cost:
@@ -155,6 +168,9 @@ def main(argv=None):
   ap.add_argument("--skip-tiny", action="store_true")
   ap.add_argument("--attn_impl", default=None, help="override the config's attention (flash, dot_product)")
   ap.add_argument("--attn_block", type=int, default=None, help="override the config's flash attention tile")
+  ap.add_argument("--prefix_buckets", type=int, default=4,
+                  help="reward calls (R < 16) run on the frames up to the latest reconstructed one, rounded up to "
+                       "one of this many frame counts (the GRPO recipe's judge_prefix_buckets); 1 = all frames")
   ap.add_argument("--bf16_error", action="store_true", help="also time the reward call in bf16 and report its error")
   common.add_official_arg(ap)
   args = ap.parse_args(argv)
@@ -193,7 +209,8 @@ def main(argv=None):
     if args.only not in name or (args.cases and name not in args.cases.split(",")):
       continue
     gm, pm = (g, p) if mode == "forward" else init_params(cfgs[mode])
-    record("default", run_case(cfgs[mode], pm, gm, b, ratio, r, mode, 1 if b * ratio > 1 else args.runs, execute))
+    record("default", run_case(cfgs[mode], pm, gm, b, ratio, r, mode, 1 if b * ratio > 1 else args.runs, execute,
+                               args.prefix_buckets))
   if args.bf16_error:
     out["bf16_vs_fp32"] = bf16_error(p, g, cfgs["forward"], args.runs)
   peak = max(peak0, matmul_peak(dtype))

@@ -45,7 +45,10 @@ def get_config(arg=None):
       "frames_to_reconstruct": 2, "optimize_task_loss_prediction": True,
       # per-frame capacities below the ratio cap the step may run at (the smallest >= the step's largest
       # budget; one compiled branch each): early-stopping clips are not padded to 198 slots per frame
-      "capacity_buckets": () if a.smoke else (8, 16, 32, 64, 128)})
+      "capacity_buckets": () if a.smoke else (8, 16, 32, 64, 128),
+      # the reward call runs the judge only on the frames up to the latest reconstructed one, rounded up
+      # to one of this many frame counts (one compiled branch each; 1 = every frame, always)
+      "judge_prefix_buckets": 4})
   c.videomae = common.judge_config("small" if a.smoke else "default")
   if a.adam:
     c.optimizer = common.optimizer_config("adam", 5e-5, "constant", 0.0)

@@ -89,14 +89,15 @@ def task_targets(loss: jax.Array, if_padded_gazing: jax.Array, num_gazing_each_f
 def reconstruction_task(graphdef, params, video, gazing_pos, if_padded_gazing, num_gazing_each_frame,
                         frame_idx_to_reconstruct, perceptual: dict[str, PerceptualNet] | None = None,
                         static_counts: tuple[int, ...] | None = None,
-                        target_features: dict[str, jax.Array] | None = None) -> dict:
+                        target_features: dict[str, jax.Array] | None = None, prefix_buckets_n: int = 1) -> dict:
   """The task model call of GRPO / NTP / greedy search (official `forward_output` + `reward` + `metric`).
 
   video (B,T,C,224,224) task space; gazing_pos (B,N); if_padded_gazing (B,N) bool;
   num_gazing_each_frame (T,); frame_idx_to_reconstruct (R,) int; perceptual {term: net} (optional);
   static_counts: optional Python tuple of the slot counts (faster encoder, see `models.videomae.forward`).
   target_features: `perceptual_targets` of the reconstructed frames when the caller has them (GRPO: one
-  video's targets serve its whole group).
+  video's targets serve its whole group). prefix_buckets_n: with static_counts, skip the frames after the
+  latest reconstructed one (`model.forward`; the result then has no `encoder_last_hidden_state`).
   Returns everything of `task_targets` plus `loss_each_reconstruction_frame` (B,R),
   `loss_mean` (B,) (differentiable: the VideoMAE training loss), `loss_terms` {term: (B,R)},
   `reconstruction` (B,R,C,224,224), `encoder_last_hidden_state` (B,1+N,D),
@@ -104,14 +105,15 @@ def reconstruction_task(graphdef, params, video, gazing_pos, if_padded_gazing, n
   """
   cfg: VideoMAEConfig = nnx.merge(graphdef, params).cfg   # static; merging is trace-time only
   out = forward(graphdef, params, video, gazing_pos, if_padded_gazing, num_gazing_each_frame,
-                frame_idx_to_reconstruct, static_counts)
+                frame_idx_to_reconstruct, static_counts, prefix_buckets_n)
   target = jnp.take(video, frame_idx_to_reconstruct, axis=1)
   loss, terms = frame_losses(cfg, out["reconstruction"], target, perceptual, target_features)
   res = task_targets(loss, if_padded_gazing, num_gazing_each_frame, frame_idx_to_reconstruct)
   b, t = video.shape[:2]
   res.update(loss_each_reconstruction_frame=loss, loss_mean=jnp.mean(loss, axis=1), loss_terms=terms,
-             reconstruction=out["reconstruction"], encoder_last_hidden_state=out["encoder_last_hidden_state"],
-             reconstruction_loss=jnp.mean(loss),
+             reconstruction=out["reconstruction"], reconstruction_loss=jnp.mean(loss),
              avg_gazing_ratio_per_frame=jnp.sum(~if_padded_gazing) / (b * t * cfg.tokens_per_frame))
+  if "encoder_last_hidden_state" in out:
+    res["encoder_last_hidden_state"] = out["encoder_last_hidden_state"]
   return res
 

@@ -19,6 +19,8 @@ mask tokens see cls and the earlier frames), never NaN.
 """
 from __future__ import annotations
 
+from math import comb
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -355,8 +357,55 @@ def decode(model: VideoMAE, enc, ids, real, seg, frame_idx_to_reconstruct, num_f
   return dense(x.astype(cfg.jnp_dtype), dec.decoder_pred.kernel[...], dec.decoder_pred.bias[...]).astype(jnp.float32)
 
 
+def prefix_buckets(num_frames: int, num_recon: int, n: int) -> tuple[int, ...]:
+  """At most n frame counts (ascending, the last = num_frames) minimising the expected frames a
+  block-causal forward keeps when `num_recon` distinct frames are drawn uniformly: it needs the frames up
+  to the latest reconstructed one, so k frames suffice with probability C(k,R) / C(T,R)."""
+  t, r = num_frames, num_recon
+  cdf = [comb(k, r) / comb(t, r) for k in range(t + 1)]
+  # cost[j][k]: expected kept frames of the draws that need <= k frames, j buckets, the last one at k
+  inf = float("inf")
+  cost = [[inf] * (t + 1) for _ in range(n + 1)]
+  back = [[0] * (t + 1) for _ in range(n + 1)]
+  cost[0][0] = 0.0
+  for j in range(1, n + 1):
+    for k in range(1, t + 1):
+      for a in range(k):
+        c = cost[j - 1][a] + k * (cdf[k] - cdf[a])
+        if c < cost[j][k] - 1e-12:
+          cost[j][k], back[j][k] = c, a
+  j = min(range(1, n + 1), key=lambda i: cost[i][t])
+  out, k = [], t
+  while k > 0:
+    out.append(k)
+    k, j = back[j][k], j - 1
+  return tuple(sorted(out))
+
+
+def _prefix_forward(model, video, gazing_pos, if_padded_gazing, frames, static_counts, buckets):
+  """The 224-scale predictions computed on the first k frames only, k the smallest of `buckets` that
+  holds every reconstructed frame (one compiled branch per bucket, picked at run time). Exact: under
+  the block-causal mask no reconstructed frame sees a later frame's tokens, so dropping them changes
+  nothing (the gaze slots are laid out in frame order)."""
+  kept = [k for k in buckets if sum(static_counts[:k]) > 0 or k == len(static_counts)]
+
+  def branch(k):
+    n = sum(static_counts[:k])
+    def run(video, gazing_pos, if_padded_gazing, frames):
+      counts = jnp.asarray(static_counts[:k], jnp.int32)
+      enc, ids, real, seg = encode(model, video[:, :k], gazing_pos[:, :n], if_padded_gazing[:, :n], counts,
+                                   static_counts[:k])
+      return decode(model, enc, ids, real, seg, frames, k)
+    return run
+
+  need = jnp.max(frames.astype(jnp.int32)) + 1
+  i = jnp.minimum(jnp.searchsorted(jnp.asarray(kept, jnp.int32), need), len(kept) - 1)
+  return jax.lax.switch(i, [branch(k) for k in kept], video, gazing_pos, if_padded_gazing, frames)
+
+
 def forward(graphdef, params, video, gazing_pos, if_padded_gazing, num_gazing_each_frame,
-            frame_idx_to_reconstruct, static_counts: tuple[int, ...] | None = None) -> dict:
+            frame_idx_to_reconstruct, static_counts: tuple[int, ...] | None = None,
+            prefix_buckets_n: int = 1) -> dict:
   """The task model's forward (official `ViTMAEForPreTraining.forward` minus the loss).
 
   video (B,T,C,224,224) float32 in task space; gazing_pos (B,N) int global ids; if_padded_gazing
@@ -366,6 +415,10 @@ def forward(graphdef, params, video, gazing_pos, if_padded_gazing, num_gazing_ea
   static_counts: optional Python tuple equal to `num_gazing_each_frame` (e.g. the fixed slot counts of
   `videomae_train.random_gaze`); it replaces the traced counts and lets the encoder skip the keys of
   later frames (about half its attention work). Outputs are identical either way.
+  prefix_buckets_n > 1 (needs `static_counts`, R < T): the forward runs only on the frames up to the
+  latest reconstructed one, rounded up to one of `prefix_buckets(T, R, n)` frame counts (for 2 random
+  frames of 16 and n=4, 77% of the rows on average). The reconstructions are identical; the result
+  then has no "encoder_last_hidden_state" (the skipped frames' rows were never computed).
   """
   model = nnx.merge(graphdef, params)
   cfg = model.cfg
@@ -386,6 +439,11 @@ def forward(graphdef, params, video, gazing_pos, if_padded_gazing, num_gazing_ea
     if len(static_counts) != t or sum(static_counts) != n:
       raise ValueError(f"static_counts {static_counts} must have T={t} entries summing to N={n}")
     num_gazing_each_frame = jnp.asarray(static_counts, jnp.int32)
+  r = frame_idx_to_reconstruct.shape[0]
+  if prefix_buckets_n > 1 and static_counts is not None and r < t:
+    pred = _prefix_forward(model, video, gazing_pos, if_padded_gazing, frame_idx_to_reconstruct, static_counts,
+                           prefix_buckets(t, r, prefix_buckets_n))
+    return {"pred_patches": pred, "reconstruction": unpatchify(cfg, pred)}
   enc, ids, real, seg = encode(model, video, gazing_pos, if_padded_gazing, num_gazing_each_frame, static_counts)
   pred = decode(model, enc, ids, real, seg, frame_idx_to_reconstruct, t)
   return {"pred_patches": pred, "reconstruction": unpatchify(cfg, pred), "encoder_last_hidden_state": enc}

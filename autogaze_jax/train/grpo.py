@@ -111,6 +111,19 @@ def capacity_buckets(buckets, cap: int) -> tuple[int, ...]:
   return tuple(sorted({int(x) for x in buckets if 1 <= int(x) < cap} | {cap}))
 
 
+_STEP_KEYS = ("ratio", "split", "tau", "req", "ref", "grp", "frames")
+
+
+def step_keys(rng) -> dict:
+  """The step's random streams, one key each, split from the step rng."""
+  return dict(zip(_STEP_KEYS, jax.random.split(rng, len(_STEP_KEYS))))
+
+
+def reward_frames(rng, num_frames: int, count: int) -> jax.Array:
+  """The frames a step with this rng reconstructs for its rewards (distinct, uniform, shared by the batch)."""
+  return jax.random.permutation(step_keys(rng)["frames"], num_frames)[:count]
+
+
 def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, sampling: S.SamplingConfig, schedule=None):
   """`train_step(state, batch, rng, frozen) -> (state, metrics)`; batch: video (B,T,3,224,224); frozen:
   {"videomae": judge params, "perceptual": {term: net}} (the reward's loss terms). `cfg`: the grpo block
@@ -124,7 +137,8 @@ def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, sampling: S.Samplin
     b, t = video.shape[:2]
     eos, vpf = model.cfg.eos_token_id, model.cfg.num_vision_tokens_each_frame
     cap = rollout_capacity(sampling, vpf)
-    k_ratio, k_split, k_tau, k_req, k_ref, k_grp, k_frames = jax.random.split(rng, 7)
+    keys = step_keys(rng)
+    k_ratio, k_split, k_tau, k_req, k_ref, k_grp = (keys[k] for k in _STEP_KEYS[:-1])
     temp = temperature_at(state.step, cfg.total_steps, cfg.temperature_start, cfg.temperature_end)
     vis, _ = model.embed_video(video)
     vis = jax.lax.stop_gradient(vis)
@@ -144,15 +158,15 @@ def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, sampling: S.Samplin
     # 2-5) at the smallest capacity bucket that holds every budget (one compiled branch per bucket)
     buckets = capacity_buckets(cfg.get("capacity_buckets", ()), cap)
     group_step = functools.partial(_group_step, state, video, vis, n_t, temp=temp, ratio=ratio, tau=tau,
-                                   frozen=frozen, keys=(k_req, k_grp, k_frames))
+                                   frozen=frozen, keys=(k_req, k_grp), rng=rng)
     if len(buckets) == 1:
       return group_step(cap)
     i = jnp.searchsorted(jnp.asarray(buckets, jnp.int32), jnp.max(n_t))   # first bucket >= the largest budget
     return jax.lax.switch(i, [functools.partial(group_step, c) for c in buckets])
 
-  def _group_step(state, video, vis, n_t, cap, *, temp, ratio, tau, frozen, keys):
+  def _group_step(state, video, vis, n_t, cap, *, temp, ratio, tau, frozen, keys, rng):
     """Steps 2-5 with per-frame capacity `cap` (static, >= every budget in n_t)."""
-    k_req, k_grp, k_frames = keys
+    k_req, k_grp = keys
     model = nnx.merge(gaze_graphdef, state.params)
     b, t = video.shape[:2]
     vpf = model.cfg.num_vision_tokens_each_frame
@@ -168,14 +182,15 @@ def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, sampling: S.Samplin
     gp, pad = (x.reshape(g * b, -1) for x in slot_ids(grp["tokens"][..., :cap], grp["length"], vpf))
     counts = (cap,) * t
     # 3) frozen VideoMAE rewards on R random frames, shared by the batch
-    frames = jax.random.permutation(k_frames, t)[:cfg.frames_to_reconstruct]
+    frames = reward_frames(rng, t, cfg.frames_to_reconstruct)
     video_rows = jnp.tile(video, (g, 1, 1, 1, 1))
     # perceptual target features of the B videos once, tiled over the group (rows are g * B + b)
     mae_cfg = nnx.merge(mae_graphdef, frozen["videomae"]).cfg
     tf = perceptual_targets(mae_cfg, jnp.take(video, frames, axis=1), frozen["perceptual"])
     tf = {k: jnp.tile(v, (g, 1, 1)) for k, v in tf.items()} if tf else None
     task = reconstruction_task(mae_graphdef, frozen["videomae"], video_rows, gp, pad, jnp.asarray(counts), frames,
-                               frozen["perceptual"], static_counts=counts, target_features=tf)
+                               frozen["perceptual"], static_counts=counts, target_features=tf,
+                               prefix_buckets_n=cfg.get("judge_prefix_buckets", 1))
     terms = jax.lax.stop_gradient(task["loss_terms"])
     task = jax.lax.stop_gradient({k: task[k] for k in ("reward", "traj_len_each_reward",
                                                        "reconstruction_loss_each_gazing_token",
@@ -224,6 +239,9 @@ class GRPO(GazeModelAlgorithm):
     cb = g.get("capacity_buckets", ())
     if not isinstance(cb, (tuple, list)) or not all(isinstance(x, int) and x >= 1 for x in cb):
       raise ConfigError(f"config.grpo.capacity_buckets = {cb!r}: expected a tuple of positive ints (tokens per frame)")
+    pb = g.get("judge_prefix_buckets", 1)
+    if not isinstance(pb, int) or pb < 1:
+      raise ConfigError(f"config.grpo.judge_prefix_buckets = {pb!r}: expected an int >= 1 (1 = no frame skipping)")
     validate_judge(config.videomae)
 
   def init(self, config) -> Models:

@@ -103,6 +103,43 @@ def test_static_counts_same_outputs():
   np.testing.assert_allclose(np.asarray(out["reconstruction"]), ref["reconstruction"], atol=1e-5)
 
 
+def test_prefix_buckets_minimise_expected_frames():
+  """The bucket DP matches a brute force over all bucket sets (expected kept frames, R uniform draws)."""
+  import itertools
+  from math import comb
+  from autogaze_jax.judge.model import prefix_buckets
+
+  def expected(b, t, r):
+    return sum((comb(k, r) - comb(k - 1, r)) * min(x for x in b if x >= k) for k in range(r, t + 1)) / comb(t, r)
+
+  for t, r, n in ((16, 2, 4), (16, 1, 3), (9, 3, 3), (16, 2, 1)):
+    got = prefix_buckets(t, r, n)
+    assert got[-1] == t and len(got) <= n and list(got) == sorted(set(got))
+    best = min(expected(c + (t,), t, r) for m in range(n) for c in itertools.combinations(range(1, t), m))
+    assert expected(got, t, r) == pytest.approx(best)
+  assert prefix_buckets(16, 2, 4) == (7, 10, 13, 16) and prefix_buckets(16, 16, 4) == (16,)
+
+
+@pytest.mark.parametrize("frames", [[9, 2], [0, 1], [15, 3], [6, 5]])
+def test_prefix_forward_same_reconstructions(frames):
+  """Skipping the frames after the latest reconstructed one (one branch per bucket, chosen at run time
+  from traced frame ids) gives the full forward's reconstructions and losses; the fixture pins [9, 2]."""
+  _, g, p, _ = _model()
+  video, pos, pad, cnt = _inputs()
+  static = tuple(int(c) for c in cnt)
+  full = jax.jit(functools.partial(reconstruction_task, static_counts=static), static_argnums=0)
+  skip = jax.jit(functools.partial(reconstruction_task, static_counts=static, prefix_buckets_n=4), static_argnums=0)
+  fr = np.array(frames)
+  a, b = full(g, p, video, pos, pad, cnt, fr), skip(g, p, video, pos, pad, cnt, fr)
+  assert "encoder_last_hidden_state" not in b
+  np.testing.assert_allclose(np.asarray(b["reconstruction"]), np.asarray(a["reconstruction"]), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(b["loss_each_reconstruction_frame"]),
+                             np.asarray(a["loss_each_reconstruction_frame"]), rtol=1e-5)
+  if frames == [9, 2]:
+    ref, _ = _fixture_run("recon_frames_9_2")
+    np.testing.assert_allclose(np.asarray(b["reconstruction"]), ref["reconstruction"], atol=1e-5)
+
+
 @pytest.mark.parametrize("impl,block", [("dot_product", 264), ("flash", 16)])
 def test_attention_impls_same_outputs(impl, block):
   """Every attention implementation (default "auto" = flash on CPU) gives the same model outputs. The

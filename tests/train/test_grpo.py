@@ -137,3 +137,31 @@ def test_capacity_buckets_run_the_same_step_at_a_smaller_capacity(setup):
     np.testing.assert_allclose(float(small_m[k]), float(full_m[k]), rtol=1e-4, atol=1e-6, err_msg=k)
   for a, b in zip(jax.tree.leaves(small_state.params), jax.tree.leaves(full_state.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_judge_prefix_buckets_same_step(setup):
+  """`grpo.judge_prefix_buckets`: a step whose reward frames are early runs the judge on fewer frames and
+  gives the same rewards, losses and update as the judge on every frame."""
+  import ml_collections
+  from autogaze_jax.gaze import sampling as S
+  from autogaze_jax.train.grpo import make_train_step, reward_frames
+  from autogaze_jax.train.state import TrainState
+  gaze, mg, mp, _, videos = setup
+  sampling = S.SamplingConfig(S.RatioSampling(fixed=0.1), S.FrameSampling(during_training="self"),
+                              S.RequirementSampling(during_training="uniform", uniform_min=0.5, uniform_max=1.0))
+  tx = optax.sgd(1e-2)
+  state = TrainState(jnp.zeros((), jnp.int32), gaze.params, tx.init(gaze.params))
+  batch = {"video": jnp.asarray(videos[0][:, :4].copy())}
+  seed = next(s for s in range(100) if int(jnp.max(reward_frames(jax.random.key(s), 4, 2))) == 1)  # frames {0, 1}
+  out = {}
+  for n in (1, 4):
+    cfg = ml_collections.ConfigDict(dict(group_size=G, discount_factor=GAMMA, tokens_per_step=2, top_k=50,
+                                         temperature_start=1.0, temperature_end=1.0, frames_to_reconstruct=2,
+                                         optimize_task_loss_prediction=True, total_steps=10, judge_prefix_buckets=n))
+    step = jax.jit(make_train_step(gaze.graphdef, mg, tx, cfg=cfg, sampling=sampling))
+    out[n] = jax.block_until_ready(step(state, batch, jax.random.key(seed), {"videomae": mp, "perceptual": {}}))
+  (full_state, full_m), (skip_state, skip_m) = out[1], out[4]
+  for k in ("loss", "reward_mean", "reconstruction_loss", "grad_norm"):
+    np.testing.assert_allclose(float(skip_m[k]), float(full_m[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+  for a, b in zip(jax.tree.leaves(skip_state.params), jax.tree.leaves(full_state.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
