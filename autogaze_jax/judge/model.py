@@ -285,6 +285,7 @@ def encode(model: VideoMAE, video, gazing_pos, if_padded_gazing, num_gazing_each
   n = gazing_pos.shape[1]
   v = cfg.tokens_per_frame
   emb = model.vit.embeddings
+  gazing_pos, if_padded_gazing = jnp.asarray(gazing_pos), jnp.asarray(if_padded_gazing)
   real = ~if_padded_gazing & (gazing_pos >= 0) & (gazing_pos < t * v)
   ids = jnp.where(real, gazing_pos, 0).astype(jnp.int32)  # padded -> canvas token 0 (official dummy)
   seg = slot_frames(num_gazing_each_frame, n)
@@ -309,11 +310,27 @@ def _seg_rows(cfg, b, seg):
   return jnp.broadcast_to(seg, (b, seg.shape[0]))
 
 
-def decode(model: VideoMAE, enc, ids, real, seg, frame_idx_to_reconstruct, num_frames):
-  """Decoder; returns the 224-scale predictions of the R frames, (B,R,grid^2,p*p*C) float32."""
+def _live_slots(static_counts, num_recon: int) -> int | None:
+  """How many gaze slots lie outside the R (distinct) reconstructed frames, when the static counts fix
+  it whatever the frames are: every frame reconstructed, or the same slot count in every frame."""
+  if static_counts is None:
+    return None
+  if num_recon >= len(static_counts):
+    return 0
+  if len(set(static_counts)) == 1:
+    return sum(static_counts) - num_recon * static_counts[0]
+  return None
+
+
+def decode(model: VideoMAE, enc, ids, real, seg, frame_idx_to_reconstruct, num_frames, static_counts=None):
+  """Decoder; returns the 224-scale predictions of the R frames, (B,R,grid^2,p*p*C) float32.
+
+  The slots of reconstructed frames are dead rows here (masked as keys, outputs unused: the frame's
+  full rows replace them). With `static_counts` that fix their number (`_live_slots`) they are dropped
+  instead of masked: 416 of 4,657 rows when all 16 frames of a ratio-0.1 clip are reconstructed."""
   cfg = model.cfg
   dec = model.decoder
-  b, n = ids.shape
+  b = ids.shape[0]
   v, dd = cfg.tokens_per_frame, cfg.decoder_hidden_size
   # Reconstructed frames are laid out in ascending frame order (static V-row blocks), so the
   # queries of the j-th one only need keys up to the end of its own block: causal skipping halves the
@@ -324,6 +341,13 @@ def decode(model: VideoMAE, enc, ids, real, seg, frame_idx_to_reconstruct, num_f
   y = dense(enc.astype(cfg.jnp_dtype), dec.decoder_embed.kernel[...], dec.decoder_embed.bias[...]).astype(jnp.float32)
   table = _decoder_add_table(cfg, dec)
   slots = decoder_rows(cfg, dec, y[:, 1:], ids, table)
+  in_r = jnp.any(seg[:, None] == r_idx[None, :], axis=1)
+  slot_seg, slot_valid = seg, real & ~in_r[None]
+  live = _live_slots(static_counts, nr)
+  if live is not None:
+    keep = jnp.nonzero(~in_r, size=live)[0]
+    slots, slot_seg, slot_valid = slots[:, keep], seg[keep], real[:, keep]
+  ns = slots.shape[1]
 
   # canvas of the R frames: mask tokens, encoder outputs scattered back at their ids
   canvas = jnp.broadcast_to(dec.mask_token[...].reshape(1, 1, dd), (b, num_frames * v + 1, dd))
@@ -334,9 +358,8 @@ def decode(model: VideoMAE, enc, ids, real, seg, frame_idx_to_reconstruct, num_f
   cls = y[:, :1] + dec.decoder_pos_embed[...][:, :1]
   x = jnp.concatenate([cls, slots, full], axis=1)
 
-  in_r = jnp.any(seg[:, None] == r_idx[None, :], axis=1)
-  row_seg = jnp.concatenate([jnp.full((1,), -1, jnp.int32), seg, frames])
-  k_valid = jnp.concatenate([jnp.ones((b, 1), bool), real & ~in_r[None], jnp.ones((b, nr * v), bool)], axis=1)
+  row_seg = jnp.concatenate([jnp.full((1,), -1, jnp.int32), slot_seg, frames])
+  k_valid = jnp.concatenate([jnp.ones((b, 1), bool), slot_valid, jnp.ones((b, nr * v), bool)], axis=1)
   groups, order = None, None
   if cfg.causal and cfg.resolved_attn_impl == "flash":
     # Flash skips the key tiles of later frames when frame ids are non-decreasing along the rows: put
@@ -345,14 +368,14 @@ def decode(model: VideoMAE, enc, ids, real, seg, frame_idx_to_reconstruct, num_f
     order = jnp.argsort(row_seg, stable=True)
     x, row_seg, k_valid = x[:, order], row_seg[order], k_valid[:, order]
   elif cfg.causal:
-    s0 = 1 + n
+    s0 = 1 + ns
     groups = ((0, s0, s0 + nr * v),) + tuple((s0 + j * v, s0 + (j + 1) * v, s0 + (j + 1) * v) for j in range(nr))
   x = _run_blocks(cfg, dec.decoder_layers, x, _seg_rows(cfg, b, row_seg), k_valid, None,
                   cfg.decoder_num_attention_heads, groups)
   if order is not None:
     x = x[:, jnp.argsort(order)]
 
-  x = x[:, 1 + n:].reshape(b, nr, v, dd)[:, rank, cfg.scale_offsets[-1]:]   # only 224-scale rows are kept
+  x = x[:, 1 + ns:].reshape(b, nr, v, dd)[:, rank, cfg.scale_offsets[-1]:]   # only 224-scale rows are kept
   x = layer_norm(x, dec.decoder_norm.scale[...], dec.decoder_norm.bias[...], cfg.layer_norm_eps)
   return dense(x.astype(cfg.jnp_dtype), dec.decoder_pred.kernel[...], dec.decoder_pred.bias[...]).astype(jnp.float32)
 
@@ -395,7 +418,7 @@ def _prefix_forward(model, video, gazing_pos, if_padded_gazing, frames, static_c
       counts = jnp.asarray(static_counts[:k], jnp.int32)
       enc, ids, real, seg = encode(model, video[:, :k], gazing_pos[:, :n], if_padded_gazing[:, :n], counts,
                                    static_counts[:k])
-      return decode(model, enc, ids, real, seg, frames, k)
+      return decode(model, enc, ids, real, seg, frames, k, static_counts[:k])
     return run
 
   need = jnp.max(frames.astype(jnp.int32)) + 1
@@ -445,7 +468,7 @@ def forward(graphdef, params, video, gazing_pos, if_padded_gazing, num_gazing_ea
                            prefix_buckets(t, r, prefix_buckets_n))
     return {"pred_patches": pred, "reconstruction": unpatchify(cfg, pred)}
   enc, ids, real, seg = encode(model, video, gazing_pos, if_padded_gazing, num_gazing_each_frame, static_counts)
-  pred = decode(model, enc, ids, real, seg, frame_idx_to_reconstruct, t)
+  pred = decode(model, enc, ids, real, seg, frame_idx_to_reconstruct, t, static_counts)
   return {"pred_patches": pred, "reconstruction": unpatchify(cfg, pred), "encoder_last_hidden_state": enc}
 
 

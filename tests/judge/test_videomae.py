@@ -101,6 +101,29 @@ def test_static_counts_same_outputs():
   ref, _ = _fixture_run("recon_frames_9_2")
   np.testing.assert_allclose(np.asarray(out["encoder_last_hidden_state"]), ref["encoder_last_hidden_state"], atol=1e-5)
   np.testing.assert_allclose(np.asarray(out["reconstruction"]), ref["reconstruction"], atol=1e-5)
+  # every frame reconstructed: the decoder drops the (all dead) slot rows instead of masking them
+  out = fn(g, p, video, pos, pad, cnt, np.arange(16))
+  ref, _ = _fixture_run("recon_all_frames")
+  np.testing.assert_allclose(np.asarray(out["reconstruction"]), ref["reconstruction"], atol=1e-5)
+
+
+def test_uniform_static_counts_drop_dead_slots():
+  """Same slot count in every frame: the decoder keeps only the slots of frames not reconstructed (their
+  number is static) and gives what the traced-count decoder (all slots, dead ones masked) gives."""
+  _, g, p, _ = _model()
+  video = _inputs()[0]
+  rng = np.random.default_rng(3)
+  k = 6
+  pos = np.stack([np.concatenate([rng.permutation(265)[:k] + 265 * t for t in range(16)]) for _ in range(2)])
+  pad = rng.random(pos.shape) < 0.2
+  cnt = np.full((16,), k, np.int32)
+  fr = np.array([4, 13, 0])
+  traced = _task(g, p, video, pos, pad, cnt, fr)
+  static = jax.jit(functools.partial(reconstruction_task, static_counts=(k,) * 16), static_argnums=0)(
+      g, p, video, pos, pad, cnt, fr)
+  np.testing.assert_allclose(np.asarray(static["reconstruction"]), np.asarray(traced["reconstruction"]), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(static["loss_each_reconstruction_frame"]),
+                             np.asarray(traced["loss_each_reconstruction_frame"]), rtol=1e-5)
 
 
 def test_prefix_buckets_minimise_expected_frames():
