@@ -70,12 +70,12 @@ def bucket_keys(t: int, r: int, buckets: tuple[int, ...], search: int = 1000) ->
   """Per judge prefix bucket: (bucket, the first step seed whose reward frames fall in it, the bucket's
   probability over uniform draws, those frames)."""
   from math import comb
-  from autogaze_jax.train.grpo import reward_frames
+  from autogaze_jax.train.grpo import reward_frames, step_keys
   out, lo = [], 0
   for k in buckets:
     p = (comb(k, r) - comb(lo, r)) / comb(t, r)
     for seed in range(search):
-      fr = np.asarray(reward_frames(jax.random.key(seed), t, r))
+      fr = np.asarray(reward_frames(step_keys(jax.random.key(seed))["frames"], t, r))
       if lo < fr.max() + 1 <= k:
         out.append((k, seed, p, fr.tolist()))
         break
@@ -93,7 +93,7 @@ def bench_grpo(cfg, case, batch, group, repeats, peak, official, prefix_buckets_
   so the step time depends on the frames a step draws while the official step's does not: with more
   than one bucket, the step is timed once per bucket (a seed that draws frames in it) and `median_s` is
   the expectation over uniform frame draws, sum_b P(b) * median time of bucket b (`per_bucket`)."""
-  from autogaze_jax.judge.model import prefix_buckets
+  from autogaze_jax.judge.model import prefix_lengths
   from autogaze_jax.gaze import sampling as S
   from autogaze_jax.judge.load import load_judge
   from autogaze_jax.train.grpo import make_train_step
@@ -115,7 +115,7 @@ def bench_grpo(cfg, case, batch, group, repeats, peak, official, prefix_buckets_
   _, metrics = c(state, {"video": video}, jax.random.key(0), frozen)
   load_before = common.loadavg()
   per_bucket = []
-  for k, seed, prob, frames in bucket_keys(16, 2, prefix_buckets(16, 2, prefix_buckets_n)):
+  for k, seed, prob, frames in bucket_keys(16, 2, prefix_lengths((cap,) * 16, 2, prefix_buckets_n)):
     tb = common.time_fn(lambda: c(state, {"video": video}, jax.random.key(seed), frozen), repeats=repeats)
     per_bucket.append({"frames_computed": k, "probability": round(prob, 4), "seed": seed, "reward_frames": frames,
                        "median_s": round(tb["median_s"], 3), "min_s": round(tb["min_s"], 3)})

@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 
 from autogaze_jax.judge.config import VideoMAEConfig, tiny_videomae_config  # noqa: E402
 from autogaze_jax.judge.losses import reconstruction_task  # noqa: E402
-from autogaze_jax.judge.model import forward_flops, init_params, prefix_buckets  # noqa: E402
+from autogaze_jax.judge.model import forward_flops, init_params, prefix_lengths  # noqa: E402
 from benchmarks import common  # noqa: E402
 
 T, V = 16, 265
@@ -77,7 +77,8 @@ def case_fn(graphdef, batch, ratio, n_recon, mode, prefix_buckets_n=1):
   pos, pad, cnt = gaze(batch, ratio)
   frames = recon_frames(n_recon)
   if mode == "forward":
-    # the GRPO reward call's form: static slot counts, frames traced, later frames skipped by bucket
+    # the GRPO reward call's form: static slot counts, frames as an array (GRPO draws them), the frames
+    # after the latest reconstructed one skipped by prefix bucket
     fr = jnp.asarray(frames)
     static = tuple(int(c) for c in cnt)
     def fn(p, v):
@@ -99,7 +100,8 @@ def run_case(cfg, params, graphdef, batch, ratio, n_recon, mode, runs, execute, 
          "recon_frames": n_recon, "N": int(cnt.sum()), "compile_s": round(time.perf_counter() - t0, 2)}
   kept = T
   if mode == "forward" and prefix_buckets_n > 1 and n_recon < T:
-    kept = min(k for k in prefix_buckets(T, n_recon, prefix_buckets_n) if k > int(frames.max()))
+    kept = min(k for k in prefix_lengths(tuple(int(c) for c in cnt), n_recon, prefix_buckets_n)
+               if k > int(frames.max()))
     res["frames_computed"] = kept    # the frames up to the latest reconstructed one, rounded up to a bucket
   mem = compiled.memory_analysis()
   if mem is not None:

@@ -405,12 +405,19 @@ def prefix_buckets(num_frames: int, num_recon: int, n: int) -> tuple[int, ...]:
   return tuple(sorted(out))
 
 
-def _prefix_forward(model, video, gazing_pos, if_padded_gazing, frames, static_counts, buckets):
-  """The 224-scale predictions computed on the first k frames only, k the smallest of `buckets` that
-  holds every reconstructed frame (one compiled branch per bucket, picked at run time). Exact: under
+def prefix_lengths(static_counts: tuple[int, ...], num_recon: int, n: int) -> tuple[int, ...]:
+  """The frame counts `forward(prefix_buckets_n=n)` compiles a branch for: `prefix_buckets`, less those
+  whose frames hold no slot. A call runs the smallest one above its latest reconstructed frame."""
+  t = len(static_counts)
+  return tuple(k for k in prefix_buckets(t, num_recon, n) if sum(static_counts[:k]) > 0 or k == t)
+
+
+def _prefix_forward(model, video, gazing_pos, if_padded_gazing, frames, static_counts, n_buckets):
+  """The 224-scale predictions computed on the first k frames only, k the smallest of `prefix_lengths`
+  that holds every reconstructed frame (one compiled branch each, picked at run time). Exact: under
   the block-causal mask no reconstructed frame sees a later frame's tokens, so dropping them changes
   nothing (the gaze slots are laid out in frame order)."""
-  kept = [k for k in buckets if sum(static_counts[:k]) > 0 or k == len(static_counts)]
+  kept = prefix_lengths(static_counts, frames.shape[0], n_buckets)
 
   def branch(k):
     n = sum(static_counts[:k])
@@ -465,7 +472,7 @@ def forward(graphdef, params, video, gazing_pos, if_padded_gazing, num_gazing_ea
   r = frame_idx_to_reconstruct.shape[0]
   if prefix_buckets_n > 1 and static_counts is not None and r < t:
     pred = _prefix_forward(model, video, gazing_pos, if_padded_gazing, frame_idx_to_reconstruct, static_counts,
-                           prefix_buckets(t, r, prefix_buckets_n))
+                           prefix_buckets_n)
     return {"pred_patches": pred, "reconstruction": unpatchify(cfg, pred)}
   enc, ids, real, seg = encode(model, video, gazing_pos, if_padded_gazing, num_gazing_each_frame, static_counts)
   pred = decode(model, enc, ids, real, seg, frame_idx_to_reconstruct, t, static_counts)

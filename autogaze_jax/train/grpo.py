@@ -119,9 +119,10 @@ def step_keys(rng) -> dict:
   return dict(zip(_STEP_KEYS, jax.random.split(rng, len(_STEP_KEYS))))
 
 
-def reward_frames(rng, num_frames: int, count: int) -> jax.Array:
-  """The frames a step with this rng reconstructs for its rewards (distinct, uniform, shared by the batch)."""
-  return jax.random.permutation(step_keys(rng)["frames"], num_frames)[:count]
+def reward_frames(key, num_frames: int, count: int) -> jax.Array:
+  """The frames reconstructed for the rewards from the step's "frames" key (`step_keys`): distinct,
+  uniform, shared by the batch."""
+  return jax.random.permutation(key, num_frames)[:count]
 
 
 def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, sampling: S.SamplingConfig, schedule=None):
@@ -137,8 +138,7 @@ def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, sampling: S.Samplin
     b, t = video.shape[:2]
     eos, vpf = model.cfg.eos_token_id, model.cfg.num_vision_tokens_each_frame
     cap = rollout_capacity(sampling, vpf)
-    keys = step_keys(rng)
-    k_ratio, k_split, k_tau, k_req, k_ref, k_grp = (keys[k] for k in _STEP_KEYS[:-1])
+    k_ratio, k_split, k_tau, k_req, k_ref, k_grp, k_frames = step_keys(rng).values()
     temp = temperature_at(state.step, cfg.total_steps, cfg.temperature_start, cfg.temperature_end)
     vis, _ = model.embed_video(video)
     vis = jax.lax.stop_gradient(vis)
@@ -158,15 +158,15 @@ def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, sampling: S.Samplin
     # 2-5) at the smallest capacity bucket that holds every budget (one compiled branch per bucket)
     buckets = capacity_buckets(cfg.get("capacity_buckets", ()), cap)
     group_step = functools.partial(_group_step, state, video, vis, n_t, temp=temp, ratio=ratio, tau=tau,
-                                   frozen=frozen, keys=(k_req, k_grp), rng=rng)
+                                   frozen=frozen, keys=(k_req, k_grp, k_frames))
     if len(buckets) == 1:
       return group_step(cap)
     i = jnp.searchsorted(jnp.asarray(buckets, jnp.int32), jnp.max(n_t))   # first bucket >= the largest budget
     return jax.lax.switch(i, [functools.partial(group_step, c) for c in buckets])
 
-  def _group_step(state, video, vis, n_t, cap, *, temp, ratio, tau, frozen, keys, rng):
+  def _group_step(state, video, vis, n_t, cap, *, temp, ratio, tau, frozen, keys):
     """Steps 2-5 with per-frame capacity `cap` (static, >= every budget in n_t)."""
-    k_req, k_grp = keys
+    k_req, k_grp, k_frames = keys
     model = nnx.merge(gaze_graphdef, state.params)
     b, t = video.shape[:2]
     vpf = model.cfg.num_vision_tokens_each_frame
@@ -182,7 +182,7 @@ def make_train_step(gaze_graphdef, mae_graphdef, tx, *, cfg, sampling: S.Samplin
     gp, pad = (x.reshape(g * b, -1) for x in slot_ids(grp["tokens"][..., :cap], grp["length"], vpf))
     counts = (cap,) * t
     # 3) frozen VideoMAE rewards on R random frames, shared by the batch
-    frames = reward_frames(rng, t, cfg.frames_to_reconstruct)
+    frames = reward_frames(k_frames, t, cfg.frames_to_reconstruct)
     video_rows = jnp.tile(video, (g, 1, 1, 1, 1))
     # perceptual target features of the B videos once, tiled over the group (rows are g * B + b)
     mae_cfg = nnx.merge(mae_graphdef, frozen["videomae"]).cfg

@@ -144,7 +144,7 @@ def test_judge_prefix_buckets_same_step(setup):
   gives the same rewards, losses and update as the judge on every frame."""
   import ml_collections
   from autogaze_jax.gaze import sampling as S
-  from autogaze_jax.train.grpo import make_train_step, reward_frames
+  from autogaze_jax.train.grpo import make_train_step, reward_frames, step_keys
   from autogaze_jax.train.state import TrainState
   gaze, mg, mp, _, videos = setup
   sampling = S.SamplingConfig(S.RatioSampling(fixed=0.1), S.FrameSampling(during_training="self"),
@@ -152,7 +152,8 @@ def test_judge_prefix_buckets_same_step(setup):
   tx = optax.sgd(1e-2)
   state = TrainState(jnp.zeros((), jnp.int32), gaze.params, tx.init(gaze.params))
   batch = {"video": jnp.asarray(videos[0][:, :4].copy())}
-  seed = next(s for s in range(100) if int(jnp.max(reward_frames(jax.random.key(s), 4, 2))) == 1)  # frames {0, 1}
+  seed = next(s for s in range(100)
+              if int(jnp.max(reward_frames(step_keys(jax.random.key(s))["frames"], 4, 2))) == 1)  # frames {0, 1}
   out = {}
   for n in (1, 4):
     cfg = ml_collections.ConfigDict(dict(group_size=G, discount_factor=GAMMA, tokens_per_step=2, top_k=50,
